@@ -1,0 +1,274 @@
+"""Plotly figures for the notebooks. Every function takes measured data and returns a `go.Figure`.
+
+Notebooks call these instead of re-defining plot helpers; widgets update the traces of the same figures.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+__all__ = ["block_profile", "block_profiles", "subparam_heatmap"]
+
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
+def _eps_cos_frame(titles: tuple[str, str], eps_line: tuple[str, float | None],
+                   cos_line: tuple[str, float | None]) -> go.Figure:
+    """Two stacked panels, ε(i) on top and cos(i) below, with a dashed threshold line on each when given."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=titles)
+    for row, (label, y) in ((1, eps_line), (2, cos_line)):
+        if y is not None:
+            fig.add_hline(y=y, line=dict(color="grey", dash="dash"), annotation_text=f"{label}={y:g}", row=row, col=1)
+    fig.update_xaxes(title_text="block index i", row=2, col=1)
+    return fig
+
+
+def block_profile(blocks, tau_cos: float | None = None, tau_frob: float | None = None,
+                  title: str = "") -> go.Figure:
+    """Per-block epsilon(i) (top) and cos(i) (bottom), with threshold lines and shareable blocks marked.
+
+    Args:
+        blocks: `BlockRecord`s (or dicts with index, cos, frob, cos_min, frob_max).
+        tau_cos, tau_frob: eq. (3) thresholds to draw; omitted when None.
+    """
+    rows = [b if isinstance(b, dict) else b.__dict__ for b in blocks]
+    idx = [r["index"] for r in rows]
+    fig = _eps_cos_frame(("relative Frobenius ε(i) = mean_k ‖W_b−W_v‖/‖W_b‖", "cosine sim(i) = mean_k cos(W_b, W_v)"),
+                         ("τ_frob", tau_frob), ("τ_cos", tau_cos))
+    fig.add_trace(go.Scatter(x=idx, y=[r["frob"] for r in rows], mode="lines+markers", name="ε(i) mean over K",
+                             line=dict(color=PALETTE[0])), row=1, col=1)
+    fig.add_trace(go.Scatter(x=idx, y=[r["frob_max"] for r in rows], mode="lines", name="max over K",
+                             line=dict(color=PALETTE[0], dash="dot")), row=1, col=1)
+    fig.add_trace(go.Scatter(x=idx, y=[r["cos"] for r in rows], mode="lines+markers", name="cos(i) mean over K",
+                             line=dict(color=PALETTE[1])), row=2, col=1)
+    fig.add_trace(go.Scatter(x=idx, y=[r["cos_min"] for r in rows], mode="lines", name="min over K",
+                             line=dict(color=PALETTE[1], dash="dot")), row=2, col=1)
+    fig.update_layout(title=title, height=560, legend=dict(orientation="h", y=-0.15))
+    return fig
+
+
+def block_profiles(profiles: dict[str, Sequence[float]], metric: str = "ε(i)", title: str = "",
+                   relative_depth: bool = False, reference: dict[str, float] | None = None) -> go.Figure:
+    """Several per-block curves overlaid (one per pair or family), e.g. Figure 1's layout.
+
+    Args:
+        profiles: label -> per-block values.
+        relative_depth: x = i / (L - 1) so families of different depth share an axis.
+        reference: label -> a paper-reported mean drawn as a dotted horizontal line.
+    """
+    fig = go.Figure()
+    for j, (label, ys) in enumerate(profiles.items()):
+        n = len(ys)
+        xs = [i / max(n - 1, 1) for i in range(n)] if relative_depth else list(range(n))
+        color = PALETTE[j % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=xs, y=list(ys), mode="lines+markers", name=label, line=dict(color=color)))
+        if reference and label in reference and reference[label] is not None:
+            fig.add_hline(y=reference[label], line=dict(color=color, dash="dot"),
+                          annotation_text=f"paper {label}: {reference[label]:g}")
+    fig.update_layout(title=title, xaxis_title="relative depth i/(L−1)" if relative_depth else "block index i",
+                      yaxis_title=metric, height=420)
+    return fig
+
+
+def subparam_heatmap(matrix, title: str = "", colorscale: str = "Viridis") -> go.Figure:
+    """Heatmap of a blocks x sub-parameters DataFrame (`metrics.subparam_matrix`)."""
+    fig = go.Figure(go.Heatmap(z=matrix.values, x=[str(c) for c in matrix.columns], y=list(matrix.index),
+                               colorscale=colorscale, colorbar=dict(title="")))
+    fig.update_layout(title=title, xaxis_title="sub-parameter", yaxis_title="block", height=140 + 22 * len(matrix))
+    return fig
+
+
+def pair_profiles(frob: dict[str, Sequence[float]], cos: dict[str, Sequence[float]], title: str = "",
+                  eps_max: float | None = None, cos_min: float | None = None) -> go.Figure:
+    """Per-block ε(i) (top) and cos(i) (bottom) of several pairs overlaid, one colour per pair (Table 2's pairs).
+
+    Args:
+        frob, cos: pair label -> per-block values (`boundary.profiles`).
+        eps_max, cos_min: the region rule's thresholds, drawn as dashed lines when given.
+    """
+    fig = _eps_cos_frame(("relative Frobenius ε(i)", "cosine cos(i)"), ("ε_max", eps_max), ("cos_min", cos_min))
+    for j, label in enumerate(frob):
+        color = PALETTE[j % len(PALETTE)]
+        for row, data in ((1, frob), (2, cos)):
+            ys = list(data[label])
+            fig.add_trace(go.Scatter(x=list(range(len(ys))), y=ys, mode="lines+markers", name=label,
+                                     legendgroup=label, showlegend=row == 1, line=dict(color=color)), row=row, col=1)
+    fig.update_layout(title=title, height=600, legend=dict(orientation="h", y=-0.12))
+    return fig
+
+
+def control_bars(table, title: str = "") -> go.Figure:
+    """Table 3 as grouped bars: attention- and MLP-mean cosine (left) and ε (right) to the variant block for
+    each control (rows of `symmetry.ControlReport.table()`)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("cosine to the variant block", "ε to the variant block"))
+    for j, (kind, label) in enumerate((("attn", "attention mean"), ("mlp", "MLP mean"))):
+        for col, metric in ((1, "cos"), (2, "frob")):
+            fig.add_trace(go.Bar(x=list(table.index), y=list(table[f"{kind}_{metric}"]), name=label,
+                                 legendgroup=kind, showlegend=col == 1, marker_color=PALETTE[j]), row=1, col=col)
+    fig.update_layout(title=title, barmode="group", height=400)
+    return fig
+
+
+def interpolation_paths(alphas: Sequence[float], delta, full: Sequence[float] | None = None,
+                        full_all: Sequence[float] | None = None, title: str = "") -> go.Figure:
+    """Figure 3's layout: grey per-block ΔL_i(α), their median with a 10/90 percentile band (blue), and the
+    full-model path (orange; dashed: with embeddings / final norm / lm_head interpolated too), all as ΔL in nats.
+
+    Args:
+        alphas: the α grid (0 = variant, 1 = base).
+        delta: [n_blocks][n_alphas] ΔL_i(α) = L_i(α) − L_variant.
+        full, full_all: full-model ΔL(α) curves; omitted when None.
+    """
+    import numpy as np
+    d = np.asarray(delta, dtype=float)
+    xs = list(alphas)
+    fig = go.Figure()
+    for i, row in enumerate(d):
+        fig.add_trace(go.Scatter(x=xs, y=row.tolist(), mode="lines", line=dict(color="lightgrey", width=1),
+                                 name="per-block ΔL_i(α)", legendgroup="blocks", showlegend=i == 0,
+                                 hovertemplate=f"block {i}<br>α=%{{x}}<br>ΔL=%{{y:.4f}}<extra></extra>"))
+    lo, med, hi = np.percentile(d, [10, 50, 90], axis=0)
+    fig.add_trace(go.Scatter(x=xs, y=hi.tolist(), mode="lines", line=dict(width=0), showlegend=False,
+                             hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=xs, y=lo.tolist(), mode="lines", line=dict(width=0), fill="tonexty",
+                             fillcolor="rgba(31,119,180,0.2)", name="10–90th percentile"))
+    fig.add_trace(go.Scatter(x=xs, y=med.tolist(), mode="lines+markers", line=dict(color=PALETTE[0]),
+                             name="median over blocks"))
+    if full is not None:
+        fig.add_trace(go.Scatter(x=xs, y=list(full), mode="lines+markers", line=dict(color=PALETTE[1]),
+                                 name="full model (all blocks)"))
+    if full_all is not None:
+        fig.add_trace(go.Scatter(x=xs, y=list(full_all), mode="lines", line=dict(color=PALETTE[1], dash="dash"),
+                                 name="full model + embeddings/head"))
+    fig.add_hline(y=0, line=dict(color="grey", width=1))
+    fig.update_layout(title=title, xaxis_title="α (0 = variant, 1 = base)", yaxis_title="ΔL = L(α) − L_variant (nats)",
+                      height=450)
+    return fig
+
+
+def amplification_profile(factors: dict[str, Sequence[float | None]], band: tuple[float, float] | None = None,
+                          title: str = "") -> go.Figure:
+    """Figure 6's layout: per-layer amplification factor α(i) against relative depth i/L, one curve per model.
+
+    Args:
+        factors: label -> α(i) per layer (None where undefined, e.g. layer 0).
+        band: a reference interior range drawn as a shaded band (App. H: (0.7, 2.2)).
+    """
+    fig = go.Figure()
+    if band is not None:
+        fig.add_hrect(y0=band[0], y1=band[1], fillcolor="grey", opacity=0.12, line_width=0,
+                      annotation_text=f"paper interior [{band[0]:g}, {band[1]:g}]", annotation_position="top left")
+    for j, (label, ys) in enumerate(factors.items()):
+        n = len(ys)
+        fig.add_trace(go.Scatter(x=[i / n for i in range(n)], y=list(ys), mode="lines+markers", name=label,
+                                 line=dict(color=PALETTE[j % len(PALETTE)])))
+    fig.add_hline(y=1, line=dict(color="grey", dash="dot"))
+    fig.update_layout(title=title, xaxis_title="relative depth i/L", yaxis_title="α(i) = d_i / d_{i−1}", height=400)
+    return fig
+
+
+def nvariant_scaling(rows: Sequence[dict], paper_mib: Sequence[float] | None = None,
+                     title: str = "") -> go.Figure:
+    """Table 14 as a figure: bytes held (MiB, bars) and saving vs N independent models (line) for N variants.
+
+    Args:
+        rows: `aliasing.n_variant_scaling` rows {n, bytes, bytes_naive, saving}.
+        paper_mib: the paper's MiB for N = 1.. of one family, drawn as a reference on its own axis when given.
+    """
+    ns = [r["n"] for r in rows]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Bar(x=ns, y=[r["bytes_naive"] / 2**20 for r in rows], name="naive (N independent)",
+                         marker_color="#c7c7c7"), secondary_y=False)
+    fig.add_trace(go.Bar(x=ns, y=[r["bytes"] / 2**20 for r in rows], name="co-resident, shared",
+                         marker_color=PALETTE[0]), secondary_y=False)
+    fig.add_trace(go.Scatter(x=ns, y=[100 * r["saving"] for r in rows], mode="lines+markers", name="saving (%)",
+                             line=dict(color=PALETTE[1])), secondary_y=True)
+    if paper_mib:
+        save = [100 * (1 - m / (i * paper_mib[0])) for i, m in enumerate(paper_mib, 1)]
+        fig.add_trace(go.Scatter(x=list(range(1, len(save) + 1)), y=save, mode="lines+markers",
+                                 name="paper saving (%)", line=dict(color=PALETTE[1], dash="dot")), secondary_y=True)
+    fig.update_layout(title=title or "N co-resident variants (Table 14)", barmode="overlay", height=400,
+                      xaxis_title="N (donor + N−1 recipients)")
+    fig.update_yaxes(title_text="MiB held", secondary_y=False)
+    fig.update_yaxes(title_text="saving vs naive (%)", range=[0, 100], secondary_y=True)
+    return fig
+
+
+def tuner_curve(curve: Sequence[dict], budget: float, chosen: float | None = None,
+                title: str = "") -> go.Figure:
+    """App. E auto-tuner: memory saved and relative quality drop against τ_frob, budget line, chosen τ marked.
+
+    Args:
+        curve: `quality.TunerResult.curve` rows {tau_frob, blocks_shared, saving, rel_drop}.
+        budget: the quality budget (relative loss increase).
+        chosen: the selected τ_frob (a vertical line), or None.
+    """
+    x = [r["tau_frob"] for r in curve]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=x, y=[100 * r["saving"] for r in curve], mode="lines+markers", line_shape="hv",
+                             name="recipient memory saved (%)", line=dict(color=PALETTE[0]),
+                             text=[f"{r['blocks_shared']} blocks" for r in curve]), secondary_y=False)
+    fig.add_trace(go.Scatter(x=x, y=[100 * r["rel_drop"] for r in curve], mode="lines+markers", line_shape="hv",
+                             name="calibration loss increase (%)", line=dict(color=PALETTE[3])), secondary_y=True)
+    fig.add_hline(y=100 * budget, line=dict(color=PALETTE[3], dash="dash"), secondary_y=True,
+                  annotation_text=f"budget {budget:.1%}")
+    if chosen is not None:
+        fig.add_vline(x=chosen, line=dict(color="grey", dash="dot"), annotation_text=f"τ_frob={chosen:.4g}")
+    fig.update_layout(title=title or "Threshold auto-tuner (App. E)", height=400, xaxis_title="τ_frob")
+    fig.update_yaxes(title_text="memory saved (%)", secondary_y=False)
+    fig.update_yaxes(title_text="loss increase (%)", secondary_y=True)
+    return fig
+
+
+__all__ += ["nvariant_scaling", "tuner_curve"]
+
+
+def sv_ratio_spectra(matrices, title: str = "") -> go.Figure:
+    """σ_i(W_v)/σ_i(W_b) against relative spectral index i/(k−1), one line per matrix, coloured by sub-parameter
+    (`spectral.SpectralResult.matrices`, or dicts with block, sub, ratios). A flat line is uniform scaling."""
+    rows = [m if isinstance(m, dict) else m.__dict__ for m in matrices]
+    subs = sorted({r["sub"] for r in rows})
+    fig = go.Figure()
+    for r in rows:
+        ys = list(r["ratios"])
+        j = subs.index(r["sub"])
+        fig.add_trace(go.Scatter(
+            x=[i / max(len(ys) - 1, 1) for i in range(len(ys))], y=ys, mode="lines", name=r["sub"],
+            legendgroup=r["sub"], showlegend=r is next(q for q in rows if q["sub"] == r["sub"]),
+            line=dict(color=PALETTE[j % len(PALETTE)], width=1), opacity=0.6,
+            hovertemplate=f"block {r['block']} {r['sub']}<br>i/(k−1)=%{{x:.2f}}<br>ratio=%{{y:.4f}}<extra></extra>"))
+    fig.add_hline(y=1, line=dict(color="grey", dash="dot"))
+    fig.update_layout(title=title, xaxis_title="relative spectral index i/(k−1) (0 = largest σ)",
+                      yaxis_title="σ_i(W_var) / σ_i(W_base)", height=430)
+    return fig
+
+
+def spectral_layers(table, columns: dict[str, str], yaxis: str, title: str = "",
+                    hline: float | None = None) -> go.Figure:
+    """Per-block curves from `spectral.SpectralResult.layer_table()`: label -> column, e.g. consistency or eRank."""
+    fig = go.Figure()
+    for j, (label, col) in enumerate(columns.items()):
+        fig.add_trace(go.Scatter(x=list(table.index), y=list(table[col]), mode="lines+markers", name=label,
+                                 line=dict(color=PALETTE[j % len(PALETTE)])))
+    if hline is not None:
+        fig.add_hline(y=hline, line=dict(color="grey", dash="dot"))
+    fig.update_layout(title=title, xaxis_title="block index i", yaxis_title=yaxis, height=400)
+    return fig
+
+
+def lora_ratio_bars(ratios: dict, paper_mean: float | None = None, title: str = "") -> go.Figure:
+    """App. K / Table 11: per-block LoRA-extraction storage ratio as bars, 1.0 (LoRA = full block) dashed, and the
+    paper's mean ratio dotted when given."""
+    fig = go.Figure(go.Bar(x=[int(b) for b in ratios], y=list(ratios.values()), marker_color=PALETTE[0],
+                           name="LoRA params / block params"))
+    fig.add_hline(y=1, line=dict(color="grey", dash="dash"), annotation_text="LoRA = full block")
+    if paper_mean is not None:
+        fig.add_hline(y=paper_mean, line=dict(color=PALETTE[3], dash="dot"), annotation_text=f"paper mean {paper_mean:g}",
+                      annotation_position="bottom right")
+    fig.update_layout(title=title, xaxis_title="block index i", yaxis_title="storage ratio", height=380)
+    return fig
+
+
+__all__ += ["sv_ratio_spectra", "spectral_layers", "lora_ratio_bars"]
