@@ -20,7 +20,9 @@ def _eps_cos_frame(titles: tuple[str, str], eps_line: tuple[str, float | None],
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=titles)
     for row, (label, y) in ((1, eps_line), (2, cos_line)):
         if y is not None:
-            fig.add_hline(y=y, line=dict(color="grey", dash="dash"), annotation_text=f"{label}={y:g}", row=row, col=1)
+            # the panels have no traces yet: plotly would skip them as empty subplots and draw no line
+            fig.add_hline(y=y, line=dict(color="grey", dash="dash"), annotation_text=f"{label}={y:g}", row=row, col=1,
+                          exclude_empty_subplots=False)
     fig.update_xaxes(title_text="block index i", row=2, col=1)
     return fig
 
