@@ -3,10 +3,28 @@
 Each control calls the same pure function the headless run already called (e.g. `ScanResult.share_mask`), so
 what the slider shows is what papermill recorded at the default thresholds. Under papermill the widgets are
 built and displayed but nothing listens to them; no callback runs, so they are harmless there.
+
+Panes are filled by setting an `Output` widget's `outputs` state (`_show`), never with `with out:` capture:
+nbclient answers output captured into an `Output` widget with a message on the shell channel that races its wait
+for the cell's reply, and papermill then waits forever on an idle kernel (jupyter/nbclient#312; it hung notebook
+05 in CI).
 """
 from __future__ import annotations
 
-__all__ = ["threshold_explorer"]
+__all__ = ["threshold_explorer", "tuner_slider"]
+
+
+def _show(out, *objs) -> None:
+    """Replace what the `Output` widget `out` shows with `objs`, each as its display data."""
+    from IPython.core.interactiveshell import InteractiveShell
+    fmt = InteractiveShell.instance().display_formatter.format
+
+    def bundle(obj) -> tuple[dict, dict]:
+        # a plotly figure displays itself through _ipython_display_ (a side effect into the cell, no data);
+        # its own bundle follows the renderer that notebook.setup_plotly picked
+        return (obj._repr_mimebundle_(), {}) if hasattr(obj, "_repr_mimebundle_") else fmt(obj)
+    out.outputs = tuple({"output_type": "display_data", "data": data, "metadata": meta}
+                        for data, meta in map(bundle, objs))
 
 
 def threshold_explorer(result, tau_cos: float, tau_frob: float):
@@ -17,7 +35,6 @@ def threshold_explorer(result, tau_cos: float, tau_frob: float):
         An `ipywidgets.VBox` (display it as the cell's last expression).
     """
     import ipywidgets as W
-    from IPython.display import display
 
     from .plots import block_profile
 
@@ -35,12 +52,8 @@ def threshold_explorer(result, tau_cos: float, tau_frob: float):
     def update(*_):
         mask = result.share_mask(s_cos.value, s_frob.value)
         label.value = f"<b>{sum(mask)}/{n}</b> blocks shareable at τ_cos={s_cos.value:.4f}, τ_frob={s_frob.value:.3f}"
-        with plot:
-            plot.clear_output(wait=True)
-            block_profile(result.blocks, s_cos.value, s_frob.value).show()
-        with table:
-            table.clear_output(wait=True)
-            display(result.block_table(s_cos.value, s_frob.value)[["cos", "frob", "cos_min", "frob_max", "shareable"]])
+        _show(plot, block_profile(result.blocks, s_cos.value, s_frob.value))
+        _show(table, result.block_table(s_cos.value, s_frob.value)[["cos", "frob", "cos_min", "frob_max", "shareable"]])
 
     s_cos.observe(update, names="value")
     s_frob.observe(update, names="value")
@@ -71,13 +84,9 @@ def tuner_slider(tuner):
         label.value = (f"τ_frob={r['tau_frob']:.4g}: <b>{r['blocks_shared']}</b> blocks shared, "
                        f"{r['saving']:.1%} of the recipient saved, loss +{r['rel_drop']:.2%} ({ok} the "
                        f"{tuner.budget:.1%} budget)")
-        with plot:
-            plot.clear_output(wait=True)
-            tuner_curve(curve, tuner.budget, r["tau_frob"]).show()
+        _show(plot, tuner_curve(curve, tuner.budget, r["tau_frob"]))
 
     slider.observe(update, names="value")
     update()
     return W.VBox([slider, label, plot])
 
-
-__all__ += ["tuner_slider"]
