@@ -8,12 +8,12 @@ For each configuration (default: Qwen2.5-0.5B and Qwen2.5-1.5B, see configs.py) 
        raw/readinto   every byte of both checkpoints' files read once into a reused buffer (the floor);
        read stage     the scan's own read path alone (`Checkpoint.get`, mmap populate, xxh3 hash), to show
                       how much of the scan is reading and how much is arithmetic;
-       scan           `linker_nb.metrics.scan(base, variant)` (hashing on, as in the notebooks);
+       scan           `linker_nb.analyses.scan.scan(base, variant)` (hashing on, as in the notebooks);
      and reports median throughput (GB/s of tensor bytes, 1 GB = 1e9 B) and the ratios scan/raw;
   3. samples RssAnon from /proc/self/status in a thread during each scan (page-cache pages of the mmapped
      checkpoint files are file-backed, so they do not count) and compares the peak with the baseline
      RssAnon of the same process after `import torch, linker_nb` plus 2 x the largest tensor in float32;
-  4. measures the lazy loader when `linker_nb.aliasing` provides it: with the donor (base) loaded and resident,
+  4. measures the lazy loader when `linker_nb.linker` provides it: with the donor (base) loaded and resident,
      the time and RssAnon growth until every weight of the recipient (variant) is resident, for `Linker.add`
      with a cached share plan, with a cold plan (scan first), and for a naive `from_pretrained` (see
      `measure_loader`; thresholds LOADER_TAU make every block shareable).
@@ -113,13 +113,13 @@ def raw_readinto(dirs) -> int:
 def read_stage(base: str, variant: str) -> int:
     """The scan's own read stage alone: every tensor pair through `Checkpoint.get` (safetensors, memory-mapped),
     mapped with MADV_POPULATE_READ and hashed, exactly as the scan's prefetch thread does; return bytes."""
-    from linker_nb import metrics
-    from linker_nb.checkpoints import open_checkpoint
+    from linker_nb.io import pairing, stream
+    from linker_nb.io.references import open_checkpoint
     b_ck, v_ck = open_checkpoint(base), open_checkpoint(variant)
-    triples, _ = metrics.pair_names(b_ck, v_ck)
+    triples, _ = pairing.pair_names(b_ck, v_ck)
     n = 0
     for _, nb, nv in triples:
-        x, y, _ = metrics._read_pair(b_ck, v_ck, nb, nv, True)
+        x, y, _ = stream.read_pair(b_ck, v_ck, nb, nv, True)
         n += x.numel() * x.element_size() + y.numel() * y.element_size()
     return n
 
@@ -129,10 +129,11 @@ def arith_stage(pairs, workers: int) -> None:
     thread layout (single-threaded torch ops, `workers` chunk threads)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from linker_nb import metrics, models
+    from linker_nb.analyses import kernel
+    from linker_nb.io import models
     with ThreadPoolExecutor(workers) as pool, models.torch_threads(1):
         for x, y in pairs:
-            metrics.tensor_stats(x, y, metrics.CHUNK_ELEMS, pool if workers > 1 else None)
+            kernel.tensor_stats(x, y, kernel.CHUNK_ELEMS, pool if workers > 1 else None)
 
 
 def measure_pair(base: str, variant: str, repeats: int = 3) -> dict:
@@ -141,8 +142,8 @@ def measure_pair(base: str, variant: str, repeats: int = 3) -> dict:
 
     import torch  # (part of the baseline footprint)
 
-    from linker_nb.checkpoints import open_checkpoint
-    from linker_nb.metrics import scan
+    from linker_nb.io.references import open_checkpoint
+    from linker_nb.analyses.scan import scan
     gc.collect()
     baseline = rss_anon()
     dirs = [Path(base), Path(variant)]
@@ -153,9 +154,9 @@ def measure_pair(base: str, variant: str, repeats: int = 3) -> dict:
     file_bytes = raw_readinto(dirs)  # warm the page cache
     warm_s = time.perf_counter() - t0
     times: dict[str, list[float]] = {"readinto": [], "read_stage": [], "arith_stage": [], "scan": []}
-    from linker_nb import metrics
-    triples, _ = metrics.pair_names(b_ck, v_ck)
-    mapped = [metrics._read_pair(b_ck, v_ck, nb, nv, False)[:2] for _, nb, nv in triples]
+    from linker_nb.io import pairing, stream
+    triples, _ = pairing.pair_names(b_ck, v_ck)
+    mapped = [stream.read_pair(b_ck, v_ck, nb, nv, False)[:2] for _, nb, nv in triples]
     peaks, summary = [], None
     for _ in range(repeats):  # interleaved, so a noisy neighbour slows all three alike
         t0 = time.perf_counter()
@@ -196,7 +197,7 @@ def measure_pair(base: str, variant: str, repeats: int = 3) -> dict:
     }
 
 
-# -- lazy loader (needs linker_nb.aliasing) --------------------------------------------------------------
+# -- lazy loader (needs linker_nb.linker) --------------------------------------------------------------
 # Thresholds under which every block of the synthetic variant (eps ~ 0.047, cos ~ 0.9988) is shareable: the
 # target is about a recipient whose blocks are all shareable.
 LOADER_TAU = {"tau_cos": 0.99, "tau_frob": 0.1}
@@ -204,7 +205,7 @@ LOADER_TAU = {"tau_cos": 0.99, "tau_frob": 0.1}
 
 def loader_available() -> bool:
     try:
-        from linker_nb.aliasing import Linker  # noqa: F401
+        from linker_nb.linker.memory import Linker  # noqa: F401
     except ImportError:
         return False
     return True
@@ -239,13 +240,13 @@ def measure_loader(phase: str, base: str, variant: str, plan_cache: str) -> dict
     if phase == "cached_no_guard":  # diagnostic only: the alias-time integrity checksum skipped
         from unittest import mock
 
-        from linker_nb import aliasing
-        with mock.patch.object(aliasing, "_checksum", lambda t: (0, 0)):
+        from linker_nb.linker import alias
+        with mock.patch.object(alias, "_checksum", lambda t: (0, 0)):
             return measure_loader("cached", base, variant, plan_cache) | {"phase": phase}
     import gc
 
-    from linker_nb.aliasing import Linker, storage_bytes
-    from linker_nb.models import load_model
+    from linker_nb.linker.memory import Linker, storage_bytes
+    from linker_nb.io.models import load_model
     linker = Linker(base, device="cpu", dtype="bfloat16", plan_cache=plan_cache, **LOADER_TAU)
     materialize(linker.donor)  # resident, as on the accelerator the paper's donor sits on
     donor_storages = {p.untyped_storage().data_ptr() for p in linker.donor.parameters()}
@@ -393,7 +394,7 @@ def main(argv=None) -> dict:
         r["write_s"] = write_s
         r["repo"] = CONFIGS[name]["repo"]
         if args.no_loader or not loader_available():
-            r["loader"] = {"status": "not measured" + (": linker_nb.aliasing is not available"
+            r["loader"] = {"status": "not measured" + (": linker_nb.linker is not available"
                                                        if not args.no_loader else " (--no-loader)")}
         else:
             print("   lazy loader: cold plan, cached plan, naive from_pretrained ...", flush=True)

@@ -48,7 +48,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig,  # noqa: E402
                           LlamaForCausalLM, PreTrainedTokenizerFast)
 
-from linker_nb import corpus, evaluation  # noqa: E402
+from linker_nb.analyses import loss as evaluation
+from linker_nb.io import corpus  # noqa: E402
 
 transformers.utils.logging.disable_progress_bar()     # per-shard save/load bars would drown the step log
 
@@ -309,7 +310,7 @@ def write_readme(out: Path, recipe: dict) -> None:
         f"{coder['lr']:g} ({coder['lr'] / sft_['lr']:.0f}x the SFT rate): the far-from-base boundary case.\n"
         f"- `scratch`: the base recipe from seed {s['scratch']} (different init and batch order): the unrelated "
         f"control.",
-        f"**Held-out loss**: `linker_nb.evaluation.lm_loss` on `eval_corpus(tokenizer, \"embedded\", "
+        f"**Held-out loss**: `linker_nb.analyses.loss.lm_loss` on `eval_corpus(tokenizer, \"embedded\", "
         f"n_sequences={e['n_sequences']}, seq_len={e['seq_len']})` ({e['n_tokens']:,} tokens), saved bf16 "
         f"weights run in float32. **Final train loss**: mean over the last 10% of steps (SFT: answer tokens "
         f"only). The models saw {h['context']}-token windows; evaluate them at `seq_len <= {h['context']}`.",
@@ -428,7 +429,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict:
                    "code": {**sizes(code), "max_bytes": args.code_bytes},
                    "sft_pairs": {k: len(corpus.instruction_pairs(k)) for k in SFT_KINDS}},
         "eval": {"corpus": ev.name, "n_sequences": ev.tokens.shape[0], "seq_len": EVAL_SEQ_LEN,
-                 "n_tokens": ev.n_tokens, "function": "linker_nb.evaluation.lm_loss",
+                 "n_tokens": ev.n_tokens, "function": "linker_nb.analyses.loss.lm_loss",
                  "dtype": "float32 (from the bf16 checkpoint)"},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "tokenizers": tokenizers.__version__, "python": platform.python_version()},

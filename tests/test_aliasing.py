@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from linker_nb import aliasing as A
-from linker_nb import quality as Q
-from linker_nb.checkpoints import Checkpoint
-from linker_nb.models import decoder_layers, load_model
+from linker_nb.linker import alias, loader, memory, plans, tables
+from linker_nb.linker import quality as Q
+from linker_nb.io.checkpoint import Checkpoint
+from linker_nb.io.models import decoder_layers, load_model
 from linker_nb.testing import FAMILIES
 
 TAU = (0.99, 0.5)  # loose: testing pairs perturb every tensor by 1% of its std, so every block passes
@@ -38,14 +38,14 @@ def _ids(vocab=96, seed=0):
 # -- unit ----------------------------------------------------------------------------------------------------
 def test_checksum_sees_one_bit_and_storage_counts_shared_once():
     t = torch.randn(1000)
-    c = A._checksum(t)
+    c = alias._checksum(t)
     u = t.clone()
     u.view(torch.int32)[500] ^= 1  # flip the lowest mantissa bit of one entry
-    assert A._checksum(u) != c and A._checksum(t.clone()) == c
+    assert alias._checksum(u) != c and alias._checksum(t.clone()) == c
     a, b = nn.Linear(10, 10, bias=False), nn.Linear(10, 10, bias=False)
-    assert A.storage_bytes(a) == 400 and A.storage_bytes(a, b) == 800
+    assert memory.storage_bytes(a) == 400 and memory.storage_bytes(a, b) == 800
     b.weight = nn.Parameter(a.weight.data)  # alias
-    assert A.storage_bytes(a, b) == 400
+    assert memory.storage_bytes(a, b) == 400
 
 
 def test_generation_overlap_known_answers():
@@ -64,11 +64,11 @@ def test_alias_primitive_shares_storage_and_outputs(tiny_pairs, family):
     b, v = tiny_pairs(family, dtype=torch.float32)
     donor = load_model(b, device="cpu", dtype=torch.float32)
     rec = load_model(v, device="cpu", dtype=torch.float32)
-    subs = A.alias_block(rec, donor, 1)
+    subs = alias.alias_block(rec, donor, 1)
     for sub in subs:
         rp, dp = dict(decoder_layers(rec)[1].named_parameters())[sub], dict(decoder_layers(donor)[1].named_parameters())[sub]
         assert rp.data_ptr() == dp.data_ptr() and not rp.requires_grad
-    assert A.shared_blocks(rec) == [1]
+    assert alias.shared_blocks(rec) == [1]
     oracle = _substituted(v, donor, [1])
     with torch.no_grad():
         assert torch.equal(rec(input_ids=_ids()).logits, oracle(input_ids=_ids()).logits)
@@ -89,8 +89,8 @@ def test_lazy_loader_matches_substitution_and_reads_only_unique(tiny_pairs, fami
     reads = []
     orig = Checkpoint.get
     monkeypatch.setattr(Checkpoint, "get", lambda self, n: reads.append(n) or orig(self, n))
-    rep = A.LoadReport()
-    rec = A.load_recipient(v, donor, [0, 2], report=rep)
+    rep = loader.LoadReport()
+    rec = loader.load_recipient(v, donor, [0, 2], report=rep)
     assert not any(p.is_meta for p in rec.parameters()) and not any(t.is_meta for t in rec.buffers())
     shared_names = {f"model.layers.{i}.{s}" for i in (0, 2) for s, _ in decoder_layers(rec)[i].named_parameters()}
     assert reads == rep.names_read and not set(reads) & shared_names
@@ -110,38 +110,38 @@ def test_lazy_loader_bad_input(tiny_pairs):
     b, v = tiny_pairs("llama")
     donor = load_model(b, device="cpu", dtype=torch.float32)
     with pytest.raises(ValueError, match=r"shared blocks \[5\] out of range"):
-        A.load_recipient(v, donor, [5])
+        loader.load_recipient(v, donor, [5])
     _, q = tiny_pairs("qwen2")  # q/k/v biases: not the same parameters
     with pytest.raises(ValueError, match="block 0: recipient and donor parameters differ"):
-        A.load_recipient(q, donor, [0])
+        loader.load_recipient(q, donor, [0])
 
 
 # -- share plans -----------------------------------------------------------------------------------------------
 def test_plan_cached_then_stale_then_corrupt(tiny_pairs, tmp_path, monkeypatch):
     b, v = tiny_pairs("llama", layers=2, seed=3)
-    plan, status = A.share_plan(b, v, *TAU, cache_dir=tmp_path)
+    plan, status = plans.share_plan(b, v, *TAU, cache_dir=tmp_path)
     assert status == "scanned" and plan.shared == [0, 1] and plan.mask(1.0, 0.0) == [False, False]
     calls = []
-    monkeypatch.setattr(A, "scan", lambda *a, **k: calls.append(1) or pytest.fail("rescanned a current plan"))
-    again, status = A.share_plan(b, v, *TAU, cache_dir=tmp_path)
+    monkeypatch.setattr(plans, "scan", lambda *a, **k: calls.append(1) or pytest.fail("rescanned a current plan"))
+    again, status = plans.share_plan(b, v, *TAU, cache_dir=tmp_path)
     assert status == "cached" and again == plan and not calls
     monkeypatch.undo()
-    other, status = A.share_plan(b, v, 0.99, 0.001, cache_dir=tmp_path)  # other thresholds: their own plan
+    other, status = plans.share_plan(b, v, 0.99, 0.001, cache_dir=tmp_path)  # other thresholds: their own plan
     assert status == "scanned" and other.shared == []
     st = (v / "model.safetensors").stat()  # the variant is rewritten (same bytes, new mtime): stale
     os.utime(v / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    fresh, status = A.share_plan(b, v, *TAU, cache_dir=tmp_path)
+    fresh, status = plans.share_plan(b, v, *TAU, cache_dir=tmp_path)
     assert status == "stale" and fresh.variant_fingerprint != plan.variant_fingerprint
-    path = A.plan_path(tmp_path, Checkpoint(b), Checkpoint(v), *TAU)
+    path = plans.plan_path(tmp_path, Checkpoint(b), Checkpoint(v), *TAU)
     assert json.loads(path.read_text())["variant_fingerprint"] == fresh.variant_fingerprint
     path.write_text("{not json")
-    assert A.share_plan(b, v, *TAU, cache_dir=tmp_path)[1] == "scanned"
+    assert plans.share_plan(b, v, *TAU, cache_dir=tmp_path)[1] == "scanned"
 
 
 # -- safety ------------------------------------------------------------------------------------------------------
 def _linker(pair, tmp_path):
     b, v = pair
-    L = A.Linker(b, tau_cos=TAU[0], tau_frob=TAU[1], device="cpu", dtype="float32", plan_cache=tmp_path)
+    L = memory.Linker(b, tau_cos=TAU[0], tau_frob=TAU[1], device="cpu", dtype="float32", plan_cache=tmp_path)
     return L, L.add("v", v)
 
 
@@ -155,8 +155,8 @@ def _step(model):
 def test_optimizer_step_after_unalias_leaves_donor_bit_identical(tiny_pairs, tmp_path):
     L, rec = _linker(tiny_pairs("llama", layers=2, seed=5), tmp_path)
     before = {k: t.clone() for k, t in L.donor.state_dict().items()}
-    A.unalias(rec, 0)
-    assert A.shared_blocks(rec) == [1]
+    alias.unalias(rec, 0)
+    assert alias.shared_blocks(rec) == [1]
     layer0 = dict(decoder_layers(rec)[0].named_parameters())
     assert all(p.requires_grad for p in layer0.values())
     old = {k: p.detach().clone() for k, p in layer0.items()}
@@ -165,7 +165,7 @@ def test_optimizer_step_after_unalias_leaves_donor_bit_identical(tiny_pairs, tmp
     assert all(torch.equal(before[k], t) for k, t in L.donor.state_dict().items())
     assert L.check_integrity() == 9  # block 1 still shared and intact
     with pytest.raises(KeyError, match="block 0 of this model is not aliased"):
-        A.unalias(rec, 0)
+        alias.unalias(rec, 0)
 
 
 def test_write_into_shared_block_is_detected(tiny_pairs, tmp_path):
@@ -173,40 +173,40 @@ def test_write_into_shared_block_is_detected(tiny_pairs, tmp_path):
     p = decoder_layers(rec)[1].mlp.up_proj.weight
     p.requires_grad_(True)  # the mistake: training an aliased parameter without unalias
     _step(rec)
-    with pytest.raises(A.SharedWeightModified, match=r"recipient 'v': block 1 \(mlp.up_proj.weight\).*unalias"):
+    with pytest.raises(alias.SharedWeightModified, match=r"recipient 'v': block 1 \(mlp.up_proj.weight\).*unalias"):
         L.check_integrity()
-    with pytest.raises(A.SharedWeightModified):  # copying it now would hide the corruption
-        A.unalias(rec, 1)
+    with pytest.raises(alias.SharedWeightModified):  # copying it now would hide the corruption
+        alias.unalias(rec, 1)
 
 
 def test_write_through_data_bypassing_version_counters_is_detected(tiny_pairs, tmp_path):
     L, rec = _linker(tiny_pairs("llama", layers=2, seed=7), tmp_path)
     decoder_layers(L.donor)[0].self_attn.q_proj.weight.data[0, 0] += 1.0  # .data: no version bump
     assert L.check_integrity(deep=False) == 18  # version counters alone miss it
-    with pytest.raises(A.SharedWeightModified, match=r"block 0 \(self_attn.q_proj.weight\)"):
+    with pytest.raises(alias.SharedWeightModified, match=r"block 0 \(self_attn.q_proj.weight\)"):
         L.check_integrity()
 
 
 # -- N variants, memory, tuner ------------------------------------------------------------------------------------
 @pytest.mark.timeout(120)  # measured 16 s on the loaded 2-core machine (4 models, 2 tuner sweeps of 9 losses)
 def test_n_variants_memory_and_tuner(tmp_path):
-    from linker_nb import registry
-    from linker_nb.evaluation import eval_corpus
-    from linker_nb.models import load_tokenizer
+    from linker_nb.io import registry
+    from linker_nb.analyses.loss import eval_corpus
+    from linker_nb.io.models import load_tokenizer
     fam = registry.get("tiny")
-    L = A.Linker(fam.base, tau_cos=0.99, tau_frob=0.2, device="cpu", dtype="float32", plan_cache=tmp_path)
+    L = memory.Linker(fam.base, tau_cos=0.99, tau_frob=0.2, device="cpu", dtype="float32", plan_cache=tmp_path)
     for v in ("instruct", "chat", "qa"):
         L.add(v, fam.variants[v].ref)
     with pytest.raises(ValueError, match="already loaded"):
         L.add("qa", fam.variants["qa"].ref)
-    single = A.storage_bytes(L.donor)
-    rows = A.n_variant_scaling(L)
+    single = memory.storage_bytes(L.donor)
+    rows = tables.n_variant_scaling(L)
     assert [r["n"] for r in rows] == [1, 2, 3, 4] and rows[0]["saving"] == 0
     unique = rows[1]["marginal"]
     assert unique < 0.4 * single  # embeddings + lm_head + norms of a 64-wide, 1024-vocab model: ~25%
     assert all(r["marginal"] == unique for r in rows[1:])  # constant marginal cost (Table 14)
     assert all(r["saving"] == pytest.approx(1 - (single + (r["n"] - 1) * unique) / (r["n"] * single)) for r in rows)
-    for row in A.pair_table(L):
+    for row in tables.pair_table(L):
         assert row["blocks_shared"] == 8 and row["bytes_shared"] == single + unique
     assert L.check_integrity() == 3 * 72
     tok = load_tokenizer(fam.base)

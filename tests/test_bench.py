@@ -16,8 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import configs, run  # noqa: E402
-from linker_nb import metrics  # noqa: E402
-from linker_nb.checkpoints import open_checkpoint  # noqa: E402
+from linker_nb.analyses import granularity, kernel, records  # noqa: E402,F401
+from linker_nb.analyses.scan import scan  # noqa: E402
+from linker_nb.io import pairing, stream  # noqa: E402,F401
+from linker_nb.io.references import open_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def test_written_pair_is_a_valid_sharded_checkpoint(pair, tmp_path):
     configs.write_pair("tiny-qwen2", base.parents[1], log=lambda *a: None)
     assert (base / "model-00001-of-00002.safetensors").stat().st_mtime_ns == mtime
     # transformers loads it (the naive-load baseline of the loader benchmark)
-    from linker_nb.models import load_model
+    from linker_nb.io.models import load_model
     m = load_model(var, device="cpu", dtype="bfloat16")
     assert m.config.num_hidden_layers == 2
 
@@ -75,7 +77,7 @@ def test_scan_measurement_path(pair):
 
 def test_scan_threads_do_not_change_results(pair):
     base, var = pair
-    r1, r2 = metrics.scan(base, var, workers=1, chunk=97), metrics.scan(base, var, workers=2, chunk=97)
+    r1, r2 = scan(base, var, workers=1, chunk=97), scan(base, var, workers=2, chunk=97)
     assert [t.cos for t in r1.tensors] == [t.cos for t in r2.tensors]
     assert [t.base_hash for t in r1.tensors] == [t.base_hash for t in r2.tensors]
     b, v = open_checkpoint(base), open_checkpoint(var)
@@ -87,13 +89,13 @@ def test_scan_threads_do_not_change_results(pair):
 @pytest.mark.timeout(120)  # ~8 s measured on the shared 2-core machine
 def test_loader_measurement_path(pair, tmp_path):
     if not run.loader_available():
-        pytest.skip("linker_nb.aliasing is not available")
+        pytest.skip("linker_nb.linker is not available")
     base, var = pair
     phases = {ph: run.measure_loader(ph, str(base), str(var), str(tmp_path / "plans"))
               for ph in ("cold", "cached", "naive", "cached_no_guard")}
     assert phases["cold"]["plan_status"] in ("scanned", "stale") and phases["cached"]["plan_status"] == "cached"
-    from linker_nb import aliasing
-    assert aliasing._checksum((torch.ones(3))) != (0, 0)  # the diagnostic patch did not leak
+    from linker_nb.linker import alias
+    assert alias._checksum((torch.ones(3))) != (0, 0)  # the diagnostic patch did not leak
     s = run.loader_summary(phases)
     assert s["all_blocks_shared"] and s["unique_bytes"] > 0
     results = {"configs": {"tiny-qwen2": run.measure_pair(str(base), str(var), 1) | {"loader": s}}}

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from linker_nb import boundary as B
-from linker_nb import registry
+from linker_nb.analyses import boundary as B
+from linker_nb.io import registry
 
 
 def test_region_rule_and_its_paper_defaults():

@@ -11,8 +11,11 @@ import shutil
 import pytest
 import torch
 
-from linker_nb import architectures, metrics
-from linker_nb.checkpoints import CheckpointCorrupt, CheckpointNotFound, open_checkpoint, resolve
+from linker_nb.analyses import granularity, kernel, records  # noqa: F401
+from linker_nb.analyses.scan import scan
+from linker_nb.io import architectures, pairing, stream  # noqa: F401
+from linker_nb.io.checkpoint import CheckpointCorrupt, CheckpointNotFound
+from linker_nb.io.references import open_checkpoint, resolve
 from linker_nb.testing import FAMILIES, tiny_config
 
 # sub-parameters per block: llama/mistral 9 (4 attn + 3 mlp + 2 norms), qwen2 adds q/k/v biases,
@@ -60,16 +63,16 @@ def test_unknown_architecture_without_blocks_fails_clearly():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_layouts_scan_identically(family, tiny_pairs):
     """Unsharded, sharded, tied, fp32 .bin: same architecture, same blocks, same metrics."""
-    ref = metrics.scan(*tiny_pairs(family))
-    sharded = metrics.scan(*tiny_pairs(family, shard="20KB"))
+    ref = scan(*tiny_pairs(family))
+    sharded = scan(*tiny_pairs(family, shard="20KB"))
     assert len(list(tiny_pairs(family, shard="20KB")[0].glob("*.safetensors"))) > 1
     assert [b.frob for b in sharded.blocks] == pytest.approx([b.frob for b in ref.blocks], rel=1e-12)
     assert len(ref.blocks) == 3 and ref.blocks[0].n_sub == K[family]
     assert 0.99 < ref.mean_cos < 1.0 and 0.005 < ref.mean_frob < 0.03
     assert ref.n_identical < ref.n_tensors // 4
-    tied = metrics.scan(*tiny_pairs(family, tied=True))
+    tied = scan(*tiny_pairs(family, tied=True))
     assert tied.tied_embeddings and "lm_head.weight" not in [t.name for t in tied.tensors]
-    b = metrics.scan(*tiny_pairs(family, fmt="bin", dtype=torch.float32))
+    b = scan(*tiny_pairs(family, fmt="bin", dtype=torch.float32))
     assert open_checkpoint(tiny_pairs(family, fmt="bin", dtype=torch.float32)[0]).format == "bin"
     assert b.mean_frob == pytest.approx(ref.mean_frob, rel=0.1)  # fp32 vs bf16 rounding of the same noise
 
@@ -83,7 +86,7 @@ def test_tied_base_against_untied_variant(tiny_pairs, tmp_path):
     sd = load_file(untied / "model.safetensors")
     sd["lm_head.weight"] = sd["model.embed_tokens.weight"].clone()
     save_file(sd, untied / "model.safetensors", metadata={"format": "pt"})
-    r = metrics.scan(b, untied)
+    r = scan(b, untied)
     lm = next(t for t in r.tensors if t.name == "lm_head.weight")
     emb = next(t for t in r.tensors if t.name == "model.embed_tokens.weight")
     assert lm.frob == pytest.approx(emb.frob) and "tied embedding" in lm.note
@@ -138,7 +141,7 @@ def test_corrupt_and_truncated_files(tmp_path, tiny_pairs):
     data = (cut / "model.safetensors").read_bytes()
     (cut / "model.safetensors").write_bytes(data[: len(data) - 1000])
     with pytest.raises(CheckpointCorrupt, match="truncated.*re-download"):
-        metrics.scan(cut, v)
+        scan(cut, v)
     cfg = tmp_path / "badcfg"
     shutil.copytree(b, cfg)
     (cfg / "config.json").write_text("{")
@@ -159,8 +162,8 @@ def test_missing_shard_is_reported(tmp_path, tiny_pairs):
 def test_mismatched_architectures_and_shapes(tmp_path, tiny_pairs):
     lb, _ = tiny_pairs("llama")
     qb, _ = tiny_pairs("qwen2")
-    with pytest.raises(metrics.ScanMismatch, match="model_type is 'llama'.*'qwen2'"):
-        metrics.scan(lb, qb)
+    with pytest.raises(pairing.ScanMismatch, match="model_type is 'llama'.*'qwen2'"):
+        scan(lb, qb)
     _, lv = tiny_pairs("llama")
     odd = tmp_path / "odd"
     shutil.copytree(lv, odd)
@@ -168,12 +171,12 @@ def test_mismatched_architectures_and_shapes(tmp_path, tiny_pairs):
     sd = load_file(odd / "model.safetensors")
     sd["model.layers.1.mlp.up_proj.weight"] = torch.zeros(50, 32, dtype=torch.bfloat16)
     save_file(sd, odd / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(metrics.ScanMismatch, match=r"model.layers.1.mlp.up_proj.weight.*\(48, 32\).*\(50, 32\)"):
-        metrics.scan(lb, odd)
+    with pytest.raises(pairing.ScanMismatch, match=r"model.layers.1.mlp.up_proj.weight.*\(48, 32\).*\(50, 32\)"):
+        scan(lb, odd)
     del sd["model.layers.1.mlp.up_proj.weight"]
     save_file(sd, odd / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(metrics.ScanMismatch, match="'model.layers.1.mlp.up_proj.weight' exists only in"):
-        metrics.scan(lb, odd)
+    with pytest.raises(pairing.ScanMismatch, match="'model.layers.1.mlp.up_proj.weight' exists only in"):
+        scan(lb, odd)
 
 
 def test_fingerprint_changes_when_weights_are_rewritten(tmp_path, tiny_pairs):
@@ -192,7 +195,7 @@ def test_fingerprint_changes_when_weights_are_rewritten(tmp_path, tiny_pairs):
 def test_scan_memory_is_bounded_by_tensors_not_model(tiny_pairs, monkeypatch):
     """The scan holds the current pair of tensors and the pair prefetched behind it, never more, whatever the
     model size: count live tensors handed out by `Checkpoint.get`."""
-    from linker_nb import checkpoints
+    from linker_nb.io import references as checkpoints
     live, peak = [0], [0]
     orig = checkpoints.Checkpoint.get
     import weakref
@@ -204,12 +207,12 @@ def test_scan_memory_is_bounded_by_tensors_not_model(tiny_pairs, monkeypatch):
         weakref.finalize(t, lambda: live.__setitem__(0, live[0] - 1))
         return t
     monkeypatch.setattr(checkpoints.Checkpoint, "get", get)
-    r = metrics.scan(*tiny_pairs("llama"))
+    r = scan(*tiny_pairs("llama"))
     assert r.n_tensors > 20 and peak[0] <= 4
 
 
 def test_progress_bar_shows_on_request(tiny_pairs, capsys):
-    metrics.scan(*tiny_pairs("llama"), progress=True)
+    scan(*tiny_pairs("llama"), progress=True)
     assert "scan" in capsys.readouterr().err
 
 

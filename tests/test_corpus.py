@@ -1,4 +1,4 @@
-"""Unit tier: the embedded text sources (`linker_nb.corpus`) and the evaluation helpers (`linker_nb.evaluation`).
+"""Unit tier: the embedded text sources (`linker_nb.io.corpus`) and the evaluation helpers (`linker_nb.analyses.loss`).
 
 Everything here is built locally (standard-library text, a byte-level tokenizer with no merges, a random
 two-layer Llama), so the tests run offline in seconds (measured ~8 s on 2 idle cores).
@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from linker_nb import corpus, evaluation
+from linker_nb.analyses import loss as evaluation
+from linker_nb.io import corpus
 
 
 @pytest.fixture(scope="module")

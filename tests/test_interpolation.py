@@ -12,9 +12,9 @@ import math
 import pytest
 import torch
 
-from linker_nb import interpolation as I
-from linker_nb.evaluation import lm_loss
-from linker_nb.models import load_model
+from linker_nb.analyses import interpolation as I
+from linker_nb.analyses.loss import lm_loss
+from linker_nb.io.models import load_model
 from linker_nb.testing import FAMILIES, tiny_config
 
 
@@ -63,11 +63,11 @@ def test_summary_of_a_known_result():
 
 
 def test_shared_blocks_rejects_unknown_set():
-    assert I.shared_blocks("all", 3) == [0, 1, 2]
+    assert I.substituted_blocks("all", 3) == [0, 1, 2]
     with pytest.raises(ValueError, match="unknown shared set 'some'"):
-        I.shared_blocks("some", 3)
+        I.substituted_blocks("some", 3)
     with pytest.raises(ValueError, match="needs base_ref"):
-        I.shared_blocks("scan", 3)
+        I.substituted_blocks("scan", 3)
 
 
 # -- architecture tier: real transformers models of every family --------------------------------------------------
@@ -205,7 +205,7 @@ def test_shape_mismatch_names_both_shapes(tiny_pairs, tmp_path):
 
 
 def test_missing_base_checkpoint_is_a_clear_error(tiny_pairs, tmp_path):
-    from linker_nb.checkpoints import CheckpointNotFound
+    from linker_nb.io.checkpoint import CheckpointNotFound
     _, v = tiny_pairs("llama")
     with pytest.raises(CheckpointNotFound):
         I.WeightPath(load_model(v, device="cpu", dtype="float32"), tmp_path / "nowhere")

@@ -7,8 +7,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from linker_nb import metrics
-from linker_nb.metrics import BlockRecord, TensorRecord, cosine, rel_frob, shadow_sigma, tensor_stats
+from linker_nb.analyses import granularity, kernel, records  # noqa: F401
+from linker_nb.analyses.scan import scan
+from linker_nb.io import pairing, stream  # noqa: F401
+from linker_nb.analyses.kernel import cosine, rel_frob, shadow_sigma, tensor_stats
+from linker_nb.analyses.records import BlockRecord, TensorRecord
 
 
 def stats(a, b, **kw):
@@ -88,7 +91,7 @@ def test_block_aggregates_and_eq3():
     assert b.shareable(0.998, 0.03)          # mean passes both
     assert not b.shareable(0.9995, 0.03)     # cosine fails
     assert not b.shareable(0.99, 0.02)       # Frobenius fails
-    assert metrics.share_mask([b, b], 0.998, 0.03) == [True, True]
+    assert records.share_mask([b, b], 0.998, 0.03) == [True, True]
 
 
 def test_flagged_blocks_are_never_shareable():
@@ -125,14 +128,14 @@ def test_scan_known_pair_and_dedup(tmp_path):
     var = {k: v.clone() for k, v in base.items()}
     var["model.layers.1.self_attn.q_proj.weight"] = 2 * base["model.layers.1.self_attn.q_proj.weight"]
     var["lm_head.weight"] = base["model.embed_tokens.weight"].clone()  # dedups against another name
-    r = metrics.scan(_write(tmp_path / "b", base), _write(tmp_path / "v", var))
+    r = scan(_write(tmp_path / "b", base), _write(tmp_path / "v", var))
     assert r.n_tensors == 9 and len(r.blocks) == 2
     assert r.n_identical == 7  # all but block 1 q_proj and lm_head
     assert r.blocks[0].cos == pytest.approx(1.0) and r.blocks[0].frob == 0.0
     assert r.blocks[1].frob == pytest.approx(1 / 3)  # q_proj ratio 1, the others 0
     assert r.blocks[1].cos == pytest.approx(1.0)
     assert r.dedup_bytes == r.variant_bytes - 4 * 4 * 4  # everything but the doubled q_proj
-    gap = metrics.granularity_gap(r, 0.999, 0.05)
+    gap = granularity.granularity_gap(r, 0.999, 0.05)
     assert gap["n_shareable"] == 1 and "7 of 9 tensors are byte-identical" in gap["sentence"]
 
 
@@ -142,7 +145,7 @@ def test_scan_flags_nan_and_zero_norm(tmp_path):
     var["model.layers.0.mlp.up_proj.weight"][0, 0] = float("nan")
     base["model.layers.1.input_layernorm.weight"] = torch.zeros(4)
     var["model.layers.1.input_layernorm.weight"] = torch.full((4,), 0.5)
-    r = metrics.scan(_write(tmp_path / "b", base), _write(tmp_path / "v", var))
+    r = scan(_write(tmp_path / "b", base), _write(tmp_path / "v", var))
     assert r.nonfinite_tensors == ["model.layers.0.mlp.up_proj.weight"]
     assert r.undefined_tensors == ["model.layers.1.input_layernorm.weight"]
     assert r.blocks[0].nonfinite == ["mlp.up_proj.weight"] and r.blocks[1].undefined == ["input_layernorm.weight"]
@@ -153,6 +156,6 @@ def test_scan_flags_nan_and_zero_norm(tmp_path):
 
 def test_scan_result_round_trips_through_dict(tmp_path):
     base = _two_block_state()
-    r = metrics.scan(_write(tmp_path / "b", base), _write(tmp_path / "v", _two_block_state(1)))
-    r2 = metrics.ScanResult.from_dict(r.to_dict())
+    r = scan(_write(tmp_path / "b", base), _write(tmp_path / "v", _two_block_state(1)))
+    r2 = records.ScanResult.from_dict(r.to_dict())
     assert r2.blocks == r.blocks and r2.tensors == r.tensors and r2.mean_cos == r.mean_cos

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from linker_nb import registry
+from linker_nb.io import registry
 
 PAPER_KEYS = {"qwen05b", "qwen15b", "qwen3b", "qwen7b", "llama1b", "llama3b", "llama8b", "mistral7b", "gemma2b"}
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from linker_nb import metrics, registry
-from linker_nb.checkpoints import CheckpointNotFound, open_checkpoint
+from linker_nb.analyses import granularity, kernel, records  # noqa: F401
+from linker_nb.analyses.scan import scan
+from linker_nb.io import pairing, registry, stream  # noqa: F401
+from linker_nb.io.checkpoint import CheckpointNotFound
+from linker_nb.io.references import open_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +25,7 @@ def _open_or_skip(ref):
 def test_table1_row_for_a_real_pair(key):
     fam = registry.get(key)
     base, var = _open_or_skip(fam.base), _open_or_skip(fam.variant.ref)
-    r = metrics.scan(base, var, progress=True)
+    r = scan(base, var, progress=True)
     t1 = fam.variant.paper["table1"]
     assert len(r.blocks) == t1["blocks"]
     assert r.mean_cos > 0.99

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from linker_nb import spectral
-from linker_nb.metrics import ScanMismatch
+from linker_nb.analyses import spectral
+from linker_nb.io.pairing import ScanMismatch
 from linker_nb.testing import FAMILIES
 
 
@@ -158,7 +158,7 @@ def test_scan_errors(tiny_pairs):
 
 
 def test_ablations_edit_as_specified_and_restore_bit_for_bit(tiny_pairs):
-    from linker_nb.models import load_model
+    from linker_nb.io.models import load_model
     b, v = tiny_pairs("qwen2")
     model = load_model(v, device="cpu")
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
@@ -182,7 +182,7 @@ def test_ablations_edit_as_specified_and_restore_bit_for_bit(tiny_pairs):
 
 
 def test_gradient_locality_probe(tiny_pairs):
-    from linker_nb.models import load_model
+    from linker_nb.io.models import load_model
     b, _ = tiny_pairs("llama")
     model = load_model(b, device="cpu")
     tokens = torch.randint(0, 96, (3, 16), generator=torch.Generator().manual_seed(0))
@@ -197,7 +197,7 @@ def test_gradient_locality_probe(tiny_pairs):
 
 
 def test_tiny_family_post_training_is_consistent_unlike_an_unrelated_model():
-    from linker_nb import registry
+    from linker_nb.io import registry
     fam = registry.get("tiny")
     inst = spectral.spectral_scan(fam.base, fam.variants["instruct"].ref, blocks=[0, 4])
     scratch = spectral.spectral_scan(fam.base, fam.variants["scratch"].ref, blocks=[0, 4])

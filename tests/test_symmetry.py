@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from linker_nb import symmetry as S
-from linker_nb.architectures import get_architecture
+from linker_nb.analyses import symmetry as S
+from linker_nb.io.architectures import get_architecture
 from linker_nb.testing import FAMILIES, perturb_state, tiny_config
 
 

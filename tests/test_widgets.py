@@ -6,8 +6,12 @@ import re
 
 import pytest
 
-from linker_nb import checkpoints, metrics, notebook, widgets
-from linker_nb.quality import TunerResult
+from linker_nb.analyses import granularity, kernel, records  # noqa: F401
+from linker_nb.analyses import scan as scan_mod
+from linker_nb.analyses.scan import scan
+from linker_nb.io import checkpoint as checkpoints
+from linker_nb.nb import params, widgets
+from linker_nb.linker.quality import TunerResult
 
 
 def _count(label) -> int:
@@ -25,11 +29,11 @@ def _pane(out) -> dict:
 
 @pytest.fixture(autouse=True)
 def _renderer():
-    notebook.setup_plotly()  # as every notebook does: figures carry their JSON as application/vnd.plotly.v1+json
+    params.setup_plotly()  # as every notebook does: figures carry their JSON as application/vnd.plotly.v1+json
 
 
 def test_threshold_sliders_rethreshold_without_reading(tiny_pairs, monkeypatch):
-    result = metrics.scan(*tiny_pairs("llama", layers=4, scale=0.01))
+    result = scan(*tiny_pairs("llama", layers=4, scale=0.01))
     box = widgets.threshold_explorer(result, 0.999, 0.05)
     s_cos, s_frob = box.children[0].children
     label, plot, table = box.children[1:]
@@ -37,7 +41,7 @@ def test_threshold_sliders_rethreshold_without_reading(tiny_pairs, monkeypatch):
     def no_reads(*a, **k):
         raise AssertionError("a slider must not read weights")
     monkeypatch.setattr(checkpoints.Checkpoint, "get", no_reads)
-    monkeypatch.setattr(metrics, "scan", no_reads)
+    monkeypatch.setattr(scan_mod, "scan", no_reads)
     for tc, tf in [(0.999, 0.05), (1.0, 0.05), (0.999, 0.0), (result.blocks[0].cos_min - 0.001, 1.0)]:
         s_cos.value, s_frob.value = max(s_cos.min, tc), min(s_frob.max, tf)
         assert _count(label) == sum(result.share_mask(s_cos.value, s_frob.value))

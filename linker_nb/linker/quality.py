@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import corpus as _corpus
-from .evaluation import lm_loss, next_token_predictions
+from ..analyses.loss import lm_loss, next_token_predictions
+from ..io import corpus as _corpus
 
 __all__ = ["prompt_set", "greedy_outputs", "generation_overlap", "compare", "lm_eval_status", "TunerResult",
            "tune_threshold", "tuner_grid"]
@@ -140,8 +140,8 @@ def tune_threshold(linker, ref, plan, tokens: torch.LongTensor, budget: float, *
         unshared: the variant loaded normally (loaded here when None).
         grid: tau_frob values (default `tuner_grid(plan)`).
     """
-    from .aliasing import storage_bytes
-    from .models import load_model
+    from ..io.models import load_model
+    from .memory import storage_bytes
     if not budget >= 0:
         raise ValueError(f"quality_budget = {budget} must be >= 0 (a relative loss increase, e.g. 0.05 for 5%)")
     if unshared is None:

@@ -39,10 +39,11 @@ from typing import Sequence
 
 import torch
 
-from .architectures import layout
-from .checkpoints import open_checkpoint
-from .metrics import mean_defined, pair_names
-from .models import restoring, torch_threads
+from ..io.architectures import block_count, layout
+from ..io.models import decoder_layers, restoring, torch_threads
+from ..io.pairing import pair_names
+from ..io.references import open_checkpoint
+from .records import mean_defined
 
 __all__ = ["EXACT_MAX_DIM", "RANDOMIZED_K", "svd", "randomized_error", "sv_ratios", "rotation_scores", "erank",
            "lora_rank", "compare_matrices", "MatrixSpectrum", "SpectralResult", "spectral_scan", "check_blocks",
@@ -312,9 +313,9 @@ def check_params(top_r: int, lora_tol: float, erank_gamma: float) -> None:
 
 def count_blocks(ref) -> int:
     """Number of transformer blocks of a checkpoint (from its tensor names; nothing is read)."""
-    ck = ref if hasattr(ref, "get") else open_checkpoint(ref)
+    ck = open_checkpoint(ref)
     _, roles = layout(ck.names, ck.model_type)
-    return 1 + max(r.block for r in roles.values() if r.group == "block")
+    return block_count(roles.values())
 
 
 def spectral_scan(base, variant, *, blocks: Sequence[int] | None = None, top_r: int = 16, erank_gamma: float = 1.0,
@@ -333,11 +334,10 @@ def spectral_scan(base, variant, *, blocks: Sequence[int] | None = None, top_r: 
         metrics.ScanMismatch: the checkpoints are not comparable. ValueError: bad `blocks` or parameters.
     """
     check_params(top_r, lora_tol, erank_gamma)
-    b_ck = base if hasattr(base, "get") else open_checkpoint(base)
-    v_ck = variant if hasattr(variant, "get") else open_checkpoint(variant)
+    b_ck, v_ck = open_checkpoint(base), open_checkpoint(variant)
     triples, _ = pair_names(b_ck, v_ck)
     _, roles = layout([t[0] for t in triples], b_ck.model_type)
-    n_blocks = 1 + max(r.block for r in roles.values() if r.group == "block")
+    n_blocks = block_count(roles.values())
     chosen = check_blocks(blocks, n_blocks)
     todo = [(n, nb, nv) for n, nb, nv in triples if roles[n].group == "block" and roles[n].block in chosen
             and len(b_ck.info(nb).shape) == 2]
@@ -366,7 +366,7 @@ def _linears(model, blocks: Sequence[int] | None) -> dict[str, tuple[int, str, t
     """Model parameter name -> (block, sub, parameter) for the 2-D parameters of the chosen blocks."""
     params = dict(model.named_parameters())
     _, roles = layout(list(params), getattr(model.config, "model_type", "llama"))
-    n = 1 + max(r.block for r in roles.values() if r.group == "block")
+    n = block_count(roles.values())
     chosen = set(check_blocks(blocks, n))
     return {k: (r.block, r.sub, params[k]) for k, r in roles.items()
             if r.group == "block" and r.block in chosen and params[k].dim() == 2}
@@ -428,7 +428,7 @@ def ablation(model, base_ref, tokens: torch.LongTensor, *, blocks: Sequence[int]
         {loss_variant, loss_sv_swapped, loss_rotation_broken, loss_restored}; loss_restored is the variant's loss
         after both edits were undone (equal to loss_variant: the weights are restored bit for bit).
     """
-    from .evaluation import lm_loss
+    from .loss import lm_loss
     out = {"loss_variant": lm_loss(model, tokens, batch_size)}
     with sv_swapped(model, base_ref, blocks, method):
         out["loss_sv_swapped"] = lm_loss(model, tokens, batch_size)
@@ -477,7 +477,6 @@ def gradient_locality(model, tokens: torch.LongTensor, one_minus_cos: Sequence[f
     """
     import torch.nn.functional as F
     from scipy import stats
-    from .models import decoder_layers
     layers = decoder_layers(model)
     if len(one_minus_cos) != len(layers):
         raise ValueError(f"one_minus_cos has {len(one_minus_cos)} entries but the model has {len(layers)} blocks; "

@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .architectures import Architecture, layout
-from .checkpoints import open_checkpoint
-from .metrics import cosine, mean_defined, rel_frob, tensor_stats
+from ..io.architectures import Architecture, block_count, layout
+from ..io.models import decoder_layers, pick_device
+from ..io.references import open_checkpoint
+from .kernel import cosine, rel_frob, tensor_stats
+from .records import mean_defined
 
 __all__ = ["Block", "SymmetryError", "TOLERANCE", "load_block", "block_from_model", "derangement",
            "mlp_permutation", "head_permutation", "norm_rescale", "random_controls", "kind_means", "build_layer",
@@ -75,7 +77,7 @@ def load_block(ref, index: int | None = None) -> Block:
     from transformers import AutoConfig
     ck = open_checkpoint(ref)
     arch, roles = layout(ck.names, ck.model_type)
-    n = 1 + max(r.block for r in roles.values() if r.group == "block")
+    n = block_count(roles.values())
     index = n // 2 if index is None else index
     if not 0 <= index < n:
         raise SymmetryError(f"block {index} does not exist in {ck.ref}: it has {n} blocks, use 0..{n - 1}.")
@@ -88,7 +90,6 @@ def load_block(ref, index: int | None = None) -> Block:
 
 def block_from_model(model, index: int, model_type: str | None = None) -> Block:
     """A `Block` from an instantiated model (used by the tests on random-init configs)."""
-    from .models import decoder_layers
     config = _text_config(model.config)
     mt = model_type or config.model_type
     names = [f"model.layers.{index}.{k}" for k in decoder_layers(model)[index].state_dict()]
@@ -272,7 +273,6 @@ def build_layer(block: Block, device: str | torch.device = "cpu"):
 
 
 def load_into(model, block: Block) -> None:
-    from .models import decoder_layers
     layer = decoder_layers(model)[0]
     missing, unexpected = layer.load_state_dict(block.weights, strict=False)
     if missing or unexpected:
@@ -290,7 +290,6 @@ def layer_output(model, x: torch.Tensor, with_input: bool = False):
     Returns:
         y [batch, seq, hidden], or (layer input, y) when `with_input`.
     """
-    from .models import decoder_layers
     got = {}
 
     def hook(_m, args, kwargs, out):
@@ -372,7 +371,6 @@ def run_controls(base, variant, block: int | None = None, seed: int = 0, rescale
         device: where the proof's layer runs, in float32 ("auto": CUDA when available). The weights and the
             similarity metrics stay on the CPU.
     """
-    from .models import pick_device
     b = base if isinstance(base, Block) else load_block(base, block)
     v = variant if isinstance(variant, Block) else load_block(variant, b.index)
     if set(b.weights) != set(v.weights) or any(b.weights[k].shape != v.weights[k].shape for k in b.weights):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from linker_nb import corpus as _corpus
+from ..io import corpus as _corpus
 
 __all__ = ["CORPORA", "EvalCorpus", "wikitext2_text", "eval_corpus", "lm_loss", "next_token_predictions"]
 

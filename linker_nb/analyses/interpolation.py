@@ -25,12 +25,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .architectures import layout
-from .checkpoints import open_checkpoint
-from .models import decoder_layers, restoring
+from ..io.architectures import layout
+from ..io.models import decoder_layers, restoring
+from ..io.references import open_checkpoint
 
 __all__ = ["DEFAULT_ALPHAS", "SHARED_SETS", "InterpolationError", "WeightPath", "check_alphas", "amplification",
-           "AmplificationResult", "InterpolationResult", "interpolation_scan", "shared_blocks", "table13"]
+           "AmplificationResult", "InterpolationResult", "interpolation_scan", "substituted_blocks", "table13"]
 
 DEFAULT_ALPHAS = tuple(round(0.1 * k, 1) for k in range(11))  # §3.4: α ∈ {0, 0.1, ..., 1.0}
 SHARED_SETS = ("all", "scan")
@@ -327,7 +327,7 @@ def table13(summary: dict, paper: dict | None):
     return pd.DataFrame(rows, columns=["quantity", "measured", "paper (Table 13)"], dtype=object).set_index("quantity")
 
 
-def shared_blocks(how: str, n_blocks: int, base_ref=None, variant_ref=None, tau_cos: float | None = None,
+def substituted_blocks(how: str, n_blocks: int, base_ref=None, variant_ref=None, tau_cos: float | None = None,
                   tau_frob: float | None = None) -> list[int]:
     """Which blocks App. H substitutes: "all", or "scan" = the blocks passing eq. (3) at (tau_cos, tau_frob) in a
     `metrics.scan` of the two checkpoints (the deployed share set).
@@ -341,7 +341,7 @@ def shared_blocks(how: str, n_blocks: int, base_ref=None, variant_ref=None, tau_
         return list(range(n_blocks))
     if base_ref is None or variant_ref is None or tau_cos is None or tau_frob is None:
         raise ValueError("shared='scan' needs base_ref, variant_ref, tau_cos and tau_frob")
-    from .metrics import scan
+    from .scan import scan
     mask = scan(base_ref, variant_ref, hash_tensors=False).share_mask(tau_cos, tau_frob)
     return [i for i, ok in enumerate(mask) if ok]
 
@@ -369,7 +369,7 @@ def interpolation_scan(model, base_ref, tokens, alphas=DEFAULT_ALPHAS, *, blocks
 
     from tqdm.auto import tqdm
 
-    from .evaluation import lm_loss
+    from .loss import lm_loss
     alphas = check_alphas(alphas)
     corpus_name = getattr(tokens, "name", "")
     tokens = getattr(tokens, "tokens", tokens)

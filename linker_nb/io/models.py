@@ -12,10 +12,9 @@ import os
 import torch
 from torch import nn
 
-from .checkpoints import resolve
+from .references import resolve
 
-__all__ = ["pick_device", "pick_dtype", "load_model", "load_tokenizer", "decoder_layers", "block_params",
-           "memory_stats", "torch_threads", "restoring"]
+__all__ = ["pick_device", "pick_dtype", "load_model", "load_tokenizer", "decoder_layers", "torch_threads", "restoring"]
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -77,20 +76,6 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
             if isinstance(layers, nn.ModuleList) and len(layers) and hasattr(layers[0], "forward"):
                 return layers
     raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
-
-
-def block_params(model: nn.Module, index: int) -> dict[str, nn.Parameter]:
-    """Parameters of block `index`, keyed by their sub-name (e.g. "self_attn.q_proj.weight")."""
-    return dict(decoder_layers(model)[index].named_parameters())
-
-
-def memory_stats(device: torch.device | str) -> dict[str, int]:
-    """CUDA allocator statistics (bytes) on a CUDA device; empty dict elsewhere."""
-    dev = torch.device(device)
-    if dev.type != "cuda":
-        return {}
-    return {"allocated": torch.cuda.memory_allocated(dev), "peak_allocated": torch.cuda.max_memory_allocated(dev),
-            "reserved": torch.cuda.memory_reserved(dev)}
 
 
 @contextlib.contextmanager

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["Variant", "Family", "REGISTRY", "UnknownModel", "get", "keys", "resolve_pair", "TINY_DIR",
-           "CONSERVATIVE", "reported", "paper_vs_measured"]
+           "CONSERVATIVE", "reported"]
 
-TINY_DIR = Path(__file__).resolve().parent / "tiny_family"
+TINY_DIR = Path(__file__).resolve().parent.parent / "tiny_family"
 CONSERVATIVE = (0.999, 0.05)  # App. E "conservative tier" (tau_cos, tau_frob) for unrecognised families
 
 
@@ -243,34 +243,3 @@ def reported(model: str, base: str | None = None, variant: str | None = None) ->
     if name in fam.variants:
         return fam.variants[name]
     return next((v for v in fam.variants.values() if v.ref == name), None)
-
-
-def paper_vs_measured(summary: dict, stats: dict, spec: Variant | None):
-    """Table 1 / Table 8 / Table 9 / section 3.1 figures beside the measured ones (pandas DataFrame).
-
-    Args:
-        summary: `ScanResult.summary()` plus `n_shareable`, `n_blocks`, `cos_range`, `eps_range`.
-        stats: `metrics.aggregation_stats(result)`.
-        spec: `reported(...)`; None gives a measured-only table.
-    """
-    import pandas as pd
-    p = spec.paper if spec else {}
-    e = spec.external if spec else {}
-    t1, t4, t9, s31 = p.get("table1", {}), p.get("table4", {}), p.get("table9", {}), p.get("section3_1", {})
-    md = e.get("modeldelta", {})
-    rows = [
-        ("blocks", summary["n_blocks"], t1.get("blocks"), "Table 1"),
-        ("tensors", summary["n_tensors"], s31.get("n_tensors"), "section 3.1"),
-        ("byte-identical tensors", summary["n_identical_tensors"], s31.get("identical_tensors"), "section 3.1"),
-        ("cos range over blocks", summary["cos_range"], t1.get("cos_range"), "Table 1"),
-        ("eps range over blocks", summary["eps_range"], t1.get("eps_range"), "Table 1"),
-        ("eps mean (eps-bar)", summary["mean_frob"], t1.get("eps_mean"), "Table 1 / 8"),
-        ("blocks shareable", f"{summary['n_shareable']}/{summary['n_blocks']}", t4.get("shared"), "Table 4 / 8"),
-        ("max-over-K mean eps", stats["maxK_mean"], t9.get("maxK_mean"), "Table 9"),
-        ("global max eps", stats["global_max"], t9.get("global_max"), "Table 9"),
-        ("whole-model tensor mean rel. Frobenius", summary["tensor_mean_frob"], md.get("rel_frob"),
-         "modeldelta (external)"),
-        ("whole-model tensor mean cosine", summary["tensor_mean_cos"], md.get("cos"), "modeldelta (external)"),
-        ("Shadow-FT sigma", summary["shadow_sigma"], e.get("shadow_ft_sigma"), "Shadow-FT (external)"),
-    ]
-    return pd.DataFrame(rows, columns=["quantity", "measured", "reported", "source"]).set_index("quantity")

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 __all__ = ["Role", "Architecture", "ARCHITECTURES", "UnsupportedArchitecture", "get_architecture",
-           "classify", "layout"]
+           "classify", "layout", "block_count"]
 
 
 class UnsupportedArchitecture(ValueError):
@@ -147,3 +147,8 @@ def layout(names: list[str], model_type: str) -> tuple[Architecture, dict[str, R
         raise UnsupportedArchitecture(f"block indices are not contiguous: missing {gaps[:5]} (of 0..{idx[-1]}); "
                                       f"the checkpoint is incomplete.")
     return arch, roles
+
+
+def block_count(items) -> int:
+    """Number of blocks among `Role`s or records (anything with `.group` and `.block`): 1 + the largest index."""
+    return 1 + max(r.block for r in items if r.group == "block")

@@ -16,8 +16,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import registry
-from .metrics import ScanResult, scan
+from ..io import registry
+from .records import ScanResult
+from .scan import scan
 
 __all__ = ["ALIGNED_COS_MIN", "ALIGNED_EPS_MAX", "region", "Pair", "PairResult", "family_pairs", "compare",
            "boundary_table", "pair_records", "profiles", "vintage_table", "measure_vintage"]

@@ -1,0 +1,1 @@
+"""Analyses: the scan and one module per study; they read through `linker_nb.io` and never load two models."""

@@ -1,0 +1,78 @@
+"""Notebook 01's analyses: tensor-level identity vs block-level similarity (paper section 3.1), the
+Appendix G / P aggregation statistics, and the blocks x sub-parameters breakdown."""
+from __future__ import annotations
+
+from ..io.registry import Variant
+from .records import ScanResult, mean_defined
+
+__all__ = ["granularity_gap", "aggregation_stats", "subparam_matrix", "paper_vs_measured"]
+
+
+def granularity_gap(result: ScanResult, tau_cos: float, tau_frob: float) -> dict:
+    """Tensor-level identity vs block-level similarity (paper section 3.1), with the one-sentence statement."""
+    mask = result.share_mask(tau_cos, tau_frob)
+    saving = result.dedup_bytes / result.variant_bytes if result.variant_bytes else 0.0
+    out = {"n_tensors": result.n_tensors, "n_identical_tensors": result.n_identical,
+           "dedup_bytes": result.dedup_bytes, "variant_bytes": result.variant_bytes, "dedup_saving": saving,
+           "n_blocks": len(result.blocks), "n_shareable": sum(mask), "mean_cos": result.mean_cos,
+           "mean_frob": result.mean_frob, "tau_cos": tau_cos, "tau_frob": tau_frob}
+    fmt = lambda x, spec: "undefined" if x is None else format(x, spec)  # noqa: E731
+    out["sentence"] = (
+        f"{result.n_identical} of {result.n_tensors} tensors are byte-identical, so tensor-hash dedup saves "
+        f"{saving:.1%} of the variant's {result.variant_bytes / 2**20:.1f} MiB; yet at the block level the mean "
+        f"cosine is {fmt(result.mean_cos, '.5f')} and the mean relative Frobenius distance "
+        f"{fmt(result.mean_frob, '.4f')}, and {sum(mask)}/{len(mask)} blocks pass eq. (3) at "
+        f"tau_cos={tau_cos:g}, tau_frob={tau_frob:g}.")
+    return out
+
+
+def aggregation_stats(result: ScanResult) -> dict:
+    """Appendix G / Table 9 and Appendix P statistics: mean-over-K vs max-over-K and the global extremes."""
+    recs = [r for r in result.tensors if r.group == "block"]
+    frobs = [(r.frob, r.name) for r in recs if r.frob is not None]
+    coss = [(r.cos, r.name) for r in recs if r.cos is not None]
+    gmax, gmin = max(frobs, default=(None, None)), min(coss, default=(None, None))
+    return {"mean_eps": result.mean_frob,
+            "maxK_mean": mean_defined(b.frob_max for b in result.blocks),
+            "global_max": gmax[0], "global_max_tensor": gmax[1],
+            "mean_cos": result.mean_cos, "minK_mean_cos": mean_defined(b.cos_min for b in result.blocks),
+            "global_min_cos": gmin[0], "global_min_cos_tensor": gmin[1]}
+
+
+def subparam_matrix(result: ScanResult, metric: str = "frob"):
+    """Blocks x sub-parameters table of one per-tensor metric ("cos" or "frob"): the App. G/P breakdown."""
+    import pandas as pd
+    rows = [{"block": r.block, "sub": r.sub, metric: getattr(r, metric)} for r in result.tensors
+            if r.group == "block"]
+    return pd.DataFrame(rows).pivot(index="block", columns="sub", values=metric)
+
+
+def paper_vs_measured(summary: dict, stats: dict, spec: Variant | None):
+    """Table 1 / Table 8 / Table 9 / section 3.1 figures beside the measured ones (pandas DataFrame).
+
+    Args:
+        summary: `ScanResult.summary()` plus `n_shareable`, `n_blocks`, `cos_range`, `eps_range`.
+        stats: `metrics.aggregation_stats(result)`.
+        spec: `reported(...)`; None gives a measured-only table.
+    """
+    import pandas as pd
+    p = spec.paper if spec else {}
+    e = spec.external if spec else {}
+    t1, t4, t9, s31 = p.get("table1", {}), p.get("table4", {}), p.get("table9", {}), p.get("section3_1", {})
+    md = e.get("modeldelta", {})
+    rows = [
+        ("blocks", summary["n_blocks"], t1.get("blocks"), "Table 1"),
+        ("tensors", summary["n_tensors"], s31.get("n_tensors"), "section 3.1"),
+        ("byte-identical tensors", summary["n_identical_tensors"], s31.get("identical_tensors"), "section 3.1"),
+        ("cos range over blocks", summary["cos_range"], t1.get("cos_range"), "Table 1"),
+        ("eps range over blocks", summary["eps_range"], t1.get("eps_range"), "Table 1"),
+        ("eps mean (eps-bar)", summary["mean_frob"], t1.get("eps_mean"), "Table 1 / 8"),
+        ("blocks shareable", f"{summary['n_shareable']}/{summary['n_blocks']}", t4.get("shared"), "Table 4 / 8"),
+        ("max-over-K mean eps", stats["maxK_mean"], t9.get("maxK_mean"), "Table 9"),
+        ("global max eps", stats["global_max"], t9.get("global_max"), "Table 9"),
+        ("whole-model tensor mean rel. Frobenius", summary["tensor_mean_frob"], md.get("rel_frob"),
+         "modeldelta (external)"),
+        ("whole-model tensor mean cosine", summary["tensor_mean_cos"], md.get("cos"), "modeldelta (external)"),
+        ("Shadow-FT sigma", summary["shadow_sigma"], e.get("shadow_ft_sigma"), "Shadow-FT (external)"),
+    ]
+    return pd.DataFrame(rows, columns=["quantity", "measured", "reported", "source"]).set_index("quantity")

@@ -1,0 +1,1 @@
+"""I/O: references, checkpoint formats, architecture records, the registry, models and the embedded text."""
