@@ -40,8 +40,17 @@ def test_local_overrides_and_thresholds(notebook_runner, tiny_pairs):
     r = notebook_runner("01_granularity_gap", model="tiny", base=str(b), variant=str(v), tau_cos=0.99,
                         tau_frob=0.5)
     assert r["base"] == str(b) and r["n_blocks"] == 3 and r["tau_frob"] == 0.5
+    assert r["model"] is None and r["custom"] and r["references"] == {"base": str(b), "variant": str(v)}
     # zero-initialised qwen2 biases: cosine undefined, reported and never shared
     assert any("bias" in n for n in r["undefined_tensors"]) and r["n_shareable"] == 0
+
+
+def test_override_never_takes_another_familys_thresholds(notebook_runner, tiny_pairs):
+    """`-p base DIR -p variant DIR` with `model` left at tiny: App. E's conservative tier, not tiny's 0.998 / 0.06."""
+    b, v = tiny_pairs("llama", layers=2)
+    r = notebook_runner("01_granularity_gap", base=str(b), variant=str(v))
+    assert (r["tau_cos"], r["tau_frob"]) == (0.999, 0.05) and r["model"] is None
+    assert "conservative" in r["defaults"]["tau_cos"]
 
 
 def test_bad_parameters_fail_in_the_validation_cell(tmp_path):

@@ -54,3 +54,23 @@ def test_each_notebook_has_its_own_test_file(path):
 def test_demo_runs_every_notebook():
     """make demo iterates the same glob as the tests."""
     assert "wildcard notebooks/[0-9][0-9]_*.ipynb" in (ROOT / "Makefile").read_text()
+
+
+def _code_lines(path):
+    """Non-blank line counts of every code cell after the parameters cell."""
+    code = [c for c in _cells(path) if c["cell_type"] == "code"
+            and "parameters" not in c.get("metadata", {}).get("tags", [])]
+    return [len([ln for ln in "".join(c["source"]).splitlines() if ln.strip()]) for c in code]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_stay_thin(path):
+    """The contract (STYLE.md): the cell after `parameters` is the package's setup (<= 6 lines), every code cell
+    is short (mean <= 5 lines), the parameters are validated by `params.setup` from the cell's annotations (never
+    a hand-written dict of types), and the results JSON is built by a `schemas` function."""
+    lines = _code_lines(path)
+    assert lines[0] <= 6, f"{path.name}: setup cell has {lines[0]} lines"
+    assert sum(lines) / len(lines) <= 5, f"{path.name}: mean code cell {sum(lines) / len(lines):.1f} lines"
+    code = "".join("".join(c["source"]) for c in _cells(path) if c["cell_type"] == "code")
+    assert "params.setup(globals())" in code and "schemas." in code and "run.write(" in code
+    assert "validate(" not in code and "dict(model=" not in code, f"{path.name}: parameters written twice"

@@ -140,9 +140,12 @@ def _eps_now(fam: registry.Family) -> float | None:
     return fam.variant.paper.get("table1", {}).get("eps_mean")
 
 
-def measure_vintage(fam: registry.Family, progress: bool | None = None) -> dict[str, float | None]:
+def measure_vintage(fam: registry.Family | None, progress: bool | None = None) -> dict[str, float | None]:
     """Measured eps-bar of the family's registered base -> instruct pair and of each older release (registry
-    key -> eps-bar). Downloads real checkpoints: only for users who have (or can fetch) them."""
+    key -> eps-bar). Downloads real checkpoints: only for users who have (or can fetch) them. Empty when the family
+    registers no older release, or is None (a custom pair)."""
+    if fam is None or not fam.vintage:
+        return {}
     out = {fam.key: scan(fam.base, fam.variant.ref, progress=progress).mean_frob}
     for key in fam.vintage:
         old = registry.get(key)
@@ -150,7 +153,7 @@ def measure_vintage(fam: registry.Family, progress: bool | None = None) -> dict[
     return out
 
 
-def vintage_table(fam: registry.Family, measured: dict[str, float | None] | None = None):
+def vintage_table(fam: registry.Family | None, measured: dict[str, float | None] | None = None):
     """Table 10 for one family: eps-bar of each older release vs the current one, and the tightening factor
     (old / new). Paper figures always; measured ones when `measured` (from `measure_vintage`) is given.
 
@@ -158,7 +161,7 @@ def vintage_table(fam: registry.Family, measured: dict[str, float | None] | None
         pandas DataFrame (one row per older release), or None when the family registers no vintage pair.
     """
     import pandas as pd
-    if not fam.vintage:
+    if fam is None or not fam.vintage:
         return None
     measured = measured or {}
     rows = []

@@ -47,14 +47,18 @@ def subparam_matrix(result: ScanResult, metric: str = "frob"):
     return pd.DataFrame(rows).pivot(index="block", columns="sub", values=metric)
 
 
-def paper_vs_measured(summary: dict, stats: dict, spec: Variant | None):
+def paper_vs_measured(result: ScanResult, gap: dict, stats: dict, spec: Variant | None):
     """Table 1 / Table 8 / Table 9 / section 3.1 figures beside the measured ones (pandas DataFrame).
 
     Args:
-        summary: `ScanResult.summary()` plus `n_shareable`, `n_blocks`, `cos_range`, `eps_range`.
-        stats: `metrics.aggregation_stats(result)`.
-        spec: `reported(...)`; None gives a measured-only table.
+        result: the scan; gap: `granularity_gap(result, ...)`; stats: `aggregation_stats(result)`.
+        spec: the registry's `Variant` for this exact pair (`params.Run.spec`); None gives a measured-only table.
     """
+    cos = [b.cos for b in result.blocks if b.cos is not None]
+    eps = [b.frob for b in result.blocks if b.frob is not None]
+    summary = result.summary() | {"cos_range": (min(cos), max(cos)) if cos else None,
+                                  "eps_range": (min(eps), max(eps)) if eps else None,
+                                  "n_shareable": gap["n_shareable"], "n_blocks": gap["n_blocks"]}
     import pandas as pd
     p = spec.paper if spec else {}
     e = spec.external if spec else {}

@@ -293,6 +293,17 @@ class InterpolationResult:
             out["amplification_interior_range"] = self.amplification.interior_range
         return out
 
+    def describe(self) -> str:
+        """One line: both endpoint losses, whether lm_head is tied, and the time each kind of path took."""
+        base = "not measured (non_block=False)" if self.loss_base is None else f"{self.loss_base:.4f} nats"
+        return (f"L_variant = {self.loss_variant:.4f} nats, L_base = {base}; tied embeddings: {self.tied}; "
+                f"{self.seconds['per_block']:.1f} s per-block paths, {self.seconds['full']:.1f} s full-model paths")
+
+    def full_delta(self) -> tuple[list[float], list[float] | None]:
+        """The full-model paths as ΔL = L(α) − L_variant: (all blocks, all tensors or None)."""
+        full = [x - self.loss_variant for x in self.full_model]
+        return full, [x - self.loss_variant for x in self.full_model_all] if self.full_model_all else None
+
     def block_table(self):
         """One row per block: barrier, the α where it peaks, and ΔL at α = 1 (pandas DataFrame)."""
         import pandas as pd

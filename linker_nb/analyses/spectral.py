@@ -47,7 +47,7 @@ from .records import mean_defined
 
 __all__ = ["EXACT_MAX_DIM", "RANDOMIZED_K", "svd", "randomized_error", "sv_ratios", "rotation_scores", "erank",
            "lora_rank", "compare_matrices", "MatrixSpectrum", "SpectralResult", "spectral_scan", "check_blocks",
-           "check_params", "count_blocks", "random_orthogonal", "sv_swapped", "rotation_broken", "ablation",
+           "check_params", "count_blocks", "random_orthogonal", "sv_swapped", "rotation_broken", "ablation", "ablation_table",
            "GradientLocality", "gradient_locality"]
 
 EXACT_MAX_DIM = 1024     # min(d_out, d_in) up to which exact SVD is cheap on a CPU (~0.3 s at 1024 x 4096)
@@ -435,7 +435,17 @@ def ablation(model, base_ref, tokens: torch.LongTensor, *, blocks: Sequence[int]
     with rotation_broken(model, blocks, seed, method):
         out["loss_rotation_broken"] = lm_loss(model, tokens, batch_size)
     out["loss_restored"] = lm_loss(model, tokens, batch_size)
+    if out["loss_restored"] != out["loss_variant"]:
+        raise RuntimeError(f"ablation weights were not restored: loss {out['loss_restored']!r} after the edits vs "
+                           f"{out['loss_variant']!r} before; the model is no longer the variant.")
     return out
+
+
+def ablation_table(abl: dict[str, float], corpus_label: str = ""):
+    """The ablation losses and their change from the variant's (pandas DataFrame, nats)."""
+    import pandas as pd
+    return pd.DataFrame({"loss (nats)": abl, "Δ vs variant": {k: v - abl["loss_variant"] for k, v in abl.items()}}
+                        ).rename_axis(corpus_label)
 
 
 # -- gradient locality (App. Q) ----------------------------------------------------------------------------------
@@ -447,6 +457,16 @@ class GradientLocality:
     pearson: float
     spearman: float
     loss: float
+
+    def table(self):
+        """Per block: relative gradient norm (`rel_grad`) and measured divergence 1 - cos (`omc`) (DataFrame)."""
+        import pandas as pd
+        return pd.DataFrame({"rel_grad": self.rel_grad, "omc": self.one_minus_cos})
+
+    def describe(self, paper: dict | None = None) -> str:
+        """One line: the two correlations, with the paper's (Table 17) when given."""
+        ref = f" (paper: {paper['pearson']}, {paper['spearman']})" if paper else ""
+        return f"Pearson r = {self.pearson:.3f}, Spearman rho = {self.spearman:.3f}{ref}"
 
     def table17(self, shared: Sequence[bool], paper: dict | None = None):
         """Table 17's layout: mean ‖g‖/‖θ‖ and 1 − cos over shared vs rejected blocks (eq. 3 mask)."""

@@ -60,6 +60,14 @@ class Block:
     arch: Architecture
     kinds: dict[str, str] = field(default_factory=dict)
 
+    def describe(self) -> str:
+        """One line: the block's place and the head / MLP sizes the controls act on."""
+        cfg = self.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return (f"block {self.index} of {cfg.num_hidden_layers} ({cfg.model_type}): {cfg.num_attention_heads} query "
+                f"heads, {cfg.num_key_value_heads} KV heads, head_dim {head_dim}, intermediate "
+                f"{cfg.intermediate_size}, norm offset {self.arch.norm_offset}")
+
     def with_weights(self, weights: dict[str, torch.Tensor]) -> "Block":
         return Block(self.index, weights, self.config, self.arch, self.kinds)
 
@@ -355,6 +363,18 @@ class ControlReport:
                      "paper: max |Δy|": {"mlp_perm": mp.get("max_abs_output_diff")}}
             df = pd.concat([df, pd.DataFrame({c: {k: v.get(c) for k, v in extra.items()} for c in self.rows})])
         return df.astype(float)
+
+    def assert_preserved(self, tolerance: float = TOLERANCE) -> float:
+        """The worst relative max |dy| over the controls; raises if any control changed the block's function.
+
+        Raises:
+            SymmetryError: naming the control, its relative output change and the tolerance.
+        """
+        name, worst = max(((k, r["relative_diff"]) for k, r in self.rows.items()), key=lambda kv: kv[1])
+        if not worst <= tolerance:
+            raise SymmetryError(f"control {name!r} changed the block's function: relative max |dy| {worst:.2e} > "
+                                f"{tolerance:.0e}; the transformation is wrong for this architecture.")
+        return worst
 
     def to_dict(self) -> dict:
         keys = ("attn_cos", "attn_frob", "mlp_cos", "mlp_frob", "max_abs_output_diff")

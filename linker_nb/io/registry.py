@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["Variant", "Family", "REGISTRY", "UnknownModel", "get", "keys", "resolve_pair", "TINY_DIR",
-           "CONSERVATIVE", "reported"]
+           "CONSERVATIVE", "PAPER_INTERIOR_BAND", "reported"]
 
 TINY_DIR = Path(__file__).resolve().parent.parent / "tiny_family"
+PAPER_INTERIOR_BAND = (0.7, 2.2)  # App. H / Figure 6: interior amplification factors of Qwen2.5-1.5B/3B
 CONSERVATIVE = (0.999, 0.05)  # App. E "conservative tier" (tau_cos, tau_frob) for unrecognised families
 
 
@@ -58,6 +59,7 @@ class Family:
     vintage: tuple[str, ...] = ()            # registry keys of older releases of this family (Table 10)
     paper: dict = field(default_factory=dict)  # family-level figures (Tables 3, 11, 13-15, App. H)
     eval_seq_len: int = 512
+    eval_sequences: int = 24  # §3.4: 24 evaluation sequences of eval_seq_len tokens
 
     @property
     def variant(self) -> Variant:
@@ -197,7 +199,7 @@ _add(Family(
      "scratch": _v(str(TINY_DIR / "scratch"), "independent")},
     # Same regime as Qwen2.5-0.5B (measured base->instruct: cos 0.998-0.999, eps-bar 0.045; README), so the
     # same thresholds as the paper's qwen05b entry.
-    tau_cos=0.998, tau_frob=0.06, cross=(("instruct", "coder"),), eval_seq_len=256))
+    tau_cos=0.998, tau_frob=0.06, cross=(("instruct", "coder"),), eval_seq_len=256, eval_sequences=8))
 
 
 def keys() -> list[str]:

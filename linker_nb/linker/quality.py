@@ -13,7 +13,8 @@ import torch
 from ..analyses.loss import lm_loss, next_token_predictions
 from ..io import corpus as _corpus
 
-__all__ = ["prompt_set", "greedy_outputs", "generation_overlap", "compare", "lm_eval_status", "TunerResult",
+__all__ = ["prompt_set", "greedy_outputs", "generation_overlap", "compare", "compare_all", "table", "examples_table",
+           "lm_eval_status", "TunerResult",
            "tune_threshold", "tuner_grid"]
 
 
@@ -81,6 +82,29 @@ def compare(unshared, shared, tokens: torch.LongTensor, *, tokenizer=None, promp
         cand = greedy_outputs(shared, tokenizer, prompts, max_new_tokens)
         out |= generation_overlap(ref, cand) | {"examples": list(zip(prompts[:3], ref[:3], cand[:3]))}
     return out
+
+
+def compare_all(unshared: dict, shared: dict, tokens: torch.LongTensor, tokenizer, prompts: list[str],
+                max_new_tokens: int = 24) -> dict[str, dict]:
+    """`compare` for every recipient: name -> its quality dict (unshared[name] against shared[name])."""
+    return {v: compare(unshared[v], shared[v], tokens, tokenizer=tokenizer, prompts=prompts,
+                       max_new_tokens=max_new_tokens) for v in unshared}
+
+
+QUALITY_COLUMNS = ("loss_unshared", "loss_shared", "rel_loss_increase", "top1_agreement", "bleu", "rouge_l",
+                   "exact_match")
+
+
+def table(quality: dict[str, dict]):
+    """One row per recipient: loss shared vs unshared, top-1 agreement, BLEU / ROUGE-L, exact match (DataFrame)."""
+    import pandas as pd
+    return pd.DataFrame({v: {k: q[k] for k in QUALITY_COLUMNS} for v, q in quality.items()}).T
+
+
+def examples_table(quality: dict):
+    """One recipient's greedy generations, prompt by prompt: unshared vs shared (DataFrame)."""
+    import pandas as pd
+    return pd.DataFrame(quality["examples"], columns=["prompt", "unshared", "shared"])
 
 
 def lm_eval_status() -> str:

@@ -7,7 +7,18 @@ from typing import Sequence
 from ..io.models import decoder_layers, load_model
 from .memory import Linker, storage_bytes
 
-__all__ = ["pair_table", "n_variant_scaling", "cold_start", "table4", "table14", "table15"]
+__all__ = ["load_table", "pair_table", "n_variant_scaling", "cold_start", "table4", "table14", "table15"]
+
+
+def load_table(linker: Linker):
+    """One row per recipient: its plan's status (cached / scanned / stale), blocks shared, tensors and MiB read
+    from its checkpoint (pandas DataFrame)."""
+    import pandas as pd
+    return pd.DataFrame({n: {"plan": s, "shared": len(p.shared), "blocks": p.n_blocks,
+                             "tensors read": len(linker.reports[n].names_read),
+                             "MiB read": linker.reports[n].bytes_read / 2**20,
+                             "MiB in checkpoint": linker.reports[n].bytes_total / 2**20}
+                         for n, (p, s) in linker.plans.items()}).T
 
 
 def pair_table(linker: Linker) -> list[dict]:
