@@ -8,7 +8,7 @@ multiplies by (1 + w); GPT-2 style uses `transformer.h.N.*`; multimodal Gemma 3 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = ["Role", "Architecture", "ARCHITECTURES", "UnsupportedArchitecture", "get_architecture",
            "classify", "layout", "block_count"]
@@ -58,7 +58,6 @@ class Architecture:
     mlp_out: str = "mlp.down_proj"
     attn_norm: str = "input_layernorm"
     mlp_norm: str = "post_attention_layernorm"
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "_block_re", re.compile(self.block_pattern))

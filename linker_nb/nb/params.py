@@ -320,29 +320,22 @@ def setup(namespace: dict[str, Any]) -> Run:
         base_ref, variant_ref = registry.resolve_pair(p["model"], base, variant)
         spec = None if custom else registry.reported(p["model"], base, variant)
     defaults: dict[str, str] = {}
-    source = f"family {fam.key}" if family is not None else "App. E conservative tier (custom pair)"
-    for name, fam_value, fallback in (("tau_cos", fam.tau_cos, registry.CONSERVATIVE[0]),
-                                      ("tau_frob", fam.tau_frob, registry.CONSERVATIVE[1])):
-        if name in p and p[name] is None:
-            p[name] = fam_value if family is not None else fallback
-            defaults[name] = source
-    for name, fam_value, fallback in (("n_sequences", getattr(fam, "eval_sequences", None), DEFAULT_EVAL_SEQUENCES),
-                                      ("seq_len", fam.eval_seq_len, DEFAULT_SEQ_LEN)):
-        if name in p and p[name] is None:
-            if family is not None and fam_value is not None:
-                p[name], defaults[name] = fam_value, source
-            else:
-                cap = _max_positions(variant_ref or base_ref) if name == "seq_len" else None
-                p[name] = min(fallback, cap) if cap else fallback
-                defaults[name] = "paper §3.4" + (f", capped by max_position_embeddings {cap}" if cap and cap < fallback
-                                                 else "")
-    if p.get("tau_cos") is not None:
-        check_thresholds(p["tau_cos"], p["tau_frob"])
     if family is not None:
+        source = f"family {fam.key}"
+        sizes = {"tau_cos": fam.tau_cos, "tau_frob": fam.tau_frob, "n_sequences": fam.eval_sequences,
+                 "seq_len": fam.eval_seq_len}
         eval_seq_len = fam.eval_seq_len
-    else:
+    else:  # a custom pair: the paper's protocol, the sequence capped by what the model can attend to
         cap = _max_positions(variant_ref or base_ref)
         eval_seq_len = min(DEFAULT_SEQ_LEN, cap) if cap else DEFAULT_SEQ_LEN
+        source = "App. E conservative tier / paper §3.4 (custom pair)"
+        sizes = {"tau_cos": registry.CONSERVATIVE[0], "tau_frob": registry.CONSERVATIVE[1],
+                 "n_sequences": DEFAULT_EVAL_SEQUENCES, "seq_len": eval_seq_len}
+    for name, value in sizes.items():
+        if name in p and p[name] is None:
+            p[name], defaults[name] = value, source
+    if p.get("tau_cos") is not None:
+        check_thresholds(p["tau_cos"], p["tau_frob"])
     if p.get("cpu_threads"):
         import torch
         torch.set_num_threads(p["cpu_threads"])  # the notebook asked for it (1 is fastest for tiny on a busy machine)

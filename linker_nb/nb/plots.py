@@ -9,7 +9,9 @@ from typing import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-__all__ = ["block_profile", "block_profiles", "subparam_heatmap"]
+__all__ = ["block_profile", "subparam_heatmap", "pair_profiles", "control_bars", "interpolation_paths",
+           "amplification_profile", "nvariant_scaling", "tuner_curve", "sv_ratio_spectra", "spectral_layers",
+           "lora_ratio_bars"]
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
@@ -48,29 +50,6 @@ def block_profile(blocks, tau_cos: float | None = None, tau_frob: float | None =
     fig.add_trace(go.Scatter(x=idx, y=[r["cos_min"] for r in rows], mode="lines", name="min over K",
                              line=dict(color=PALETTE[1], dash="dot")), row=2, col=1)
     fig.update_layout(title=title, height=560, legend=dict(orientation="h", y=-0.15))
-    return fig
-
-
-def block_profiles(profiles: dict[str, Sequence[float]], metric: str = "ε(i)", title: str = "",
-                   relative_depth: bool = False, reference: dict[str, float] | None = None) -> go.Figure:
-    """Several per-block curves overlaid (one per pair or family), e.g. Figure 1's layout.
-
-    Args:
-        profiles: label -> per-block values.
-        relative_depth: x = i / (L - 1) so families of different depth share an axis.
-        reference: label -> a paper-reported mean drawn as a dotted horizontal line.
-    """
-    fig = go.Figure()
-    for j, (label, ys) in enumerate(profiles.items()):
-        n = len(ys)
-        xs = [i / max(n - 1, 1) for i in range(n)] if relative_depth else list(range(n))
-        color = PALETTE[j % len(PALETTE)]
-        fig.add_trace(go.Scatter(x=xs, y=list(ys), mode="lines+markers", name=label, line=dict(color=color)))
-        if reference and label in reference and reference[label] is not None:
-            fig.add_hline(y=reference[label], line=dict(color=color, dash="dot"),
-                          annotation_text=f"paper {label}: {reference[label]:g}")
-    fig.update_layout(title=title, xaxis_title="relative depth i/(L−1)" if relative_depth else "block index i",
-                      yaxis_title=metric, height=420)
     return fig
 
 
