@@ -1,9 +1,17 @@
-"""The registry: every key of the paper, paper figures transcribed, clear errors."""
+"""The registry: every key of the paper, paper figures transcribed, the data file validated, clear errors."""
 from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 
 from linker_nb.io import registry
+
+# Dumped once from the positional-helper registry.py that `_data/registry.toml` replaced (same `plain`
+# encoding): the TOML must reproduce every figure, type and tuple of it.
+BEFORE = Path(__file__).parent / "data" / "registry_before.json"
 
 PAPER_KEYS = {"qwen05b", "qwen15b", "qwen3b", "qwen7b", "llama1b", "llama3b", "llama8b", "mistral7b", "gemma2b"}
 
@@ -54,3 +62,90 @@ def test_tiny_family_is_shipped():
     for name, v in {"base": registry.Variant(fam.base), **fam.variants}.items():
         assert (registry.TINY_DIR / name / "config.json").exists(), f"tiny/{name} missing: run make tiny-family"
         assert list((registry.TINY_DIR / name).glob("*.safetensors"))
+
+
+def plain(x):
+    """JSON-able form of registry objects: tuples marked (a list/tuple change shows), package paths relative."""
+    pkg = str(registry.PACKAGE_DIR)
+    if dataclasses.is_dataclass(x):
+        return {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, tuple):
+        return {"__tuple__": [plain(v) for v in x]}
+    if isinstance(x, list):
+        return [plain(v) for v in x]
+    if isinstance(x, str) and x.startswith(pkg):
+        return "package:" + x[len(pkg) + 1:]
+    return x
+
+
+def test_data_file_reproduces_the_registry_before_it():
+    now = {"REGISTRY": plain(registry.REGISTRY), "CONSERVATIVE": plain(registry.CONSERVATIVE),
+           "PAPER_INTERIOR_BAND": plain(registry.PAPER_INTERIOR_BAND), "TINY_DIR": plain(str(registry.TINY_DIR))}
+    # Compared as text so that 1900 vs 1900.0 (int vs float) differs too.
+    assert json.dumps(now, indent=1, sort_keys=True) + "\n" == BEFORE.read_text()
+
+
+def test_family_defaults_and_package_refs():
+    tiny, qwen = registry.get("tiny"), registry.get("qwen15b")
+    assert (tiny.eval_sequences, tiny.eval_seq_len) == (8, 256) and (qwen.eval_sequences, qwen.eval_seq_len) == (24, 512)
+    assert Path(tiny.base) == registry.TINY_DIR / "base" and Path(tiny.variants["coder"].ref).is_dir()
+    assert qwen.paper["appH"]["interior_range"] == registry.PAPER_INTERIOR_BAND  # the constant is the paper's band
+    assert registry.load() == registry.REGISTRY
+
+
+def _edited(tmp_path, old: str, new: str) -> Path:
+    text = registry.DATA_FILE.read_text()
+    assert old in text, old
+    path = tmp_path / "registry.toml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+@pytest.mark.parametrize("old, new, message", [
+    # a misspelt field: named, with the allowed ones
+    ("tau_frob = 0.06  # Table 8", "tua_frob = 0.06", r"qwen05b: unknown field 'tua_frob'; allowed fields: label, base, tau_cos, tau_frob"),
+    ("paper.table4 = { tau_frob = 0.06, shared", "paper.table4 = { tau_frb = 0.06, shared",
+     r"qwen05b\.variants\.instruct\.paper\.table4: unknown field 'tau_frb'; allowed fields: tau_frob, shared"),
+    ("paper.table11 = { tol = 0.05, blocks = 24", "paper.tabel11 = { tol = 0.05, blocks = 24", r"unknown field 'tabel11'.*table11"),
+    # a wrong type: the place and what was expected
+    ("tau_cos = 0.998  #", 'tau_cos = "0.998"  #', r"qwen05b\.tau_cos: expected a number, got str '0\.998'"),
+    ("naive_mib = 1900", "naive_mib = 1900.5", r"table4\.naive_mib: expected an integer, got float"),
+    ("eps_range = [0.04, 0.05]", "eps_range = [0.04]", r"table1\.eps_range: expected an array of 2 items"),
+    ("eval_sequences = 8", "eval_sequences = true", r"tiny\.eval_sequences: expected an integer, got bool"),
+    # a missing required field
+    ('ref = "Qwen/Qwen2.5-0.5B-Instruct"\n', "", r"qwen05b\.variants\.instruct: missing required field\(s\) ref"),
+    ("tau_frob = 0.06  # Table 8\n", "", r"qwen05b: missing required field\(s\) tau_frob"),
+    (", eps_mean = 0.045 }", " }", r"table1: missing required field\(s\) eps_mean"),
+    # values and references
+    ('kind = "continued-pretraining"', 'kind = "continued"', r"kind: 'continued' is not one of post-trained"),
+    ('cross = [["instruct", "coder"]]  #', 'cross = [["instruct", "cdoer"]]  #', r"qwen7b: variant 'cdoer'"),
+    ('vintage = ["llama2-7b"]', 'vintage = ["llama2-8b"]', r"llama8b\.vintage names 'llama2-8b'"),
+    ("tau_frob = 0.20  # Table 8", "tau_frob = 20  # Table 8", r"llama1b\.tau_frob: 20\.0 is outside"),
+    ("[qwen05b]", "[qwen05b", r"not valid TOML"),
+])
+def test_malformed_data_file_fails_naming_the_field(tmp_path, old, new, message):
+    path = _edited(tmp_path, old, new)
+    with pytest.raises(registry.RegistryError, match=message) as err:
+        registry.load(path)
+    assert str(path) in str(err.value)
+
+
+def test_a_new_family_is_a_copied_table(tmp_path):
+    path = tmp_path / "registry.toml"
+    path.write_text(registry.DATA_FILE.read_text() + '''
+[olmo2-7b]
+label = "OLMo-2-7B"
+base = "allenai/OLMo-2-1124-7B"
+tau_cos = 0.999
+tau_frob = 0.05
+
+[olmo2-7b.variants.instruct]
+ref = "allenai/OLMo-2-1124-7B-SFT"
+kind = "post-trained"
+external.modeldelta = { rel_frob = 0.049, cos = 0.99942 }
+''')
+    fam = registry.load(path)["olmo2-7b"]
+    assert fam.variant.external["modeldelta"]["cos"] == 0.99942 and fam.eval_sequences == 24
+    assert (fam.tau_cos, fam.tau_frob) == registry.CONSERVATIVE

@@ -1,33 +1,66 @@
 """Short keys for the model pairs of the paper, with its reported figures for side-by-side display.
 
-A `Family` is one base checkpoint with its derivatives (post-trained, continued-pretrained, vintage or
-unrelated). Every number under `paper` is transcribed from `block-level-structure-paper.txt` (the table is
-named in the key); `external` holds figures published elsewhere (`external-figures.md`). None of them is
-measured here: notebooks put them beside what they measure.
+The families live in one data file, `linker_nb/_data/registry.toml`: one top-level table per family, named
+by its registry key, with named fields for the family, each variant and each paper table. The file's header
+comments say where every number comes from and how the thresholds were chosen (Table 8, App. E, App. J).
+It is validated on load against `FAMILY`, `VARIANT`, `FAMILY_PAPER`, `VARIANT_PAPER` and `EXTERNAL` below:
+an unknown field fails with its name and the allowed ones, a wrong type or a missing required field with
+its place (`qwen7b.variants.instruct.paper.table4.save`).
 
-`tiny` is the embedded family trained by `scripts/train_tiny_family.py`; it needs no download.
+Adding a family (Qwen3, OLMo-2, Mixtral, ...): copy a table such as `[llama3b]` with its
+`[llama3b.variants.instruct]`, rename the key, and fill in
 
-Thresholds: Table 8 gives tau_frob per family. tau_cos is 0.999 (App. E's conservative tier; App. J for
-Gemma) except where Table 1's cosine range together with Table 4's shared-block count implies a lower one:
-Qwen2.5-0.5B has block cosines of 0.998 yet shares 24/24, so tau_cos <= 0.998; Llama-3.2-1B/3B have
-0.990-0.995 yet share 13/16 and 28/28 (Table 6's footnote: at 0.999 Llama-3.2-3B shares only 5/28), so 0.99.
+    [olmo2-7b]
+    label = "OLMo-2-7B"
+    base = "allenai/OLMo-2-1124-7B"          # hub id, local directory, or "package:<dir in linker_nb>"
+    tau_cos = 0.999                           # no paper figure: App. E's conservative tier (CONSERVATIVE)
+    tau_frob = 0.05
+    # optional: default_variant = "instruct", eval_seq_len = 512, eval_sequences = 24,
+    #           cross = [["instruct", "coder"]], vintage = ["<older key>"], paper.<table> = {...}
+
+    [olmo2-7b.variants.instruct]
+    ref = "allenai/OLMo-2-1124-7B-SFT"
+    kind = "post-trained"                     # or continued-pretraining / independent / vintage
+    external.modeldelta = { rel_frob = 0.049, cos = 0.99942 }   # external-figures.md
+
+Only figures somebody published go under `paper` (this paper) or `external` (elsewhere, cited in
+external-figures.md). A new paper table needs its schema added to `FAMILY_PAPER` or `VARIANT_PAPER` first;
+`tests/test_registry.py` then checks the file loads.
 """
 from __future__ import annotations
 
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Variant", "Family", "REGISTRY", "UnknownModel", "get", "keys", "resolve_pair", "TINY_DIR",
-           "CONSERVATIVE", "PAPER_INTERIOR_BAND", "reported"]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
-TINY_DIR = Path(__file__).resolve().parent.parent / "tiny_family"
-PAPER_INTERIOR_BAND = (0.7, 2.2)  # App. H / Figure 6: interior amplification factors of Qwen2.5-1.5B/3B
+__all__ = ["Variant", "Family", "REGISTRY", "UnknownModel", "RegistryError", "get", "keys", "load",
+           "resolve_pair", "TINY_DIR", "DATA_FILE", "CONSERVATIVE", "PAPER_INTERIOR_BAND", "KINDS", "reported"]
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+TINY_DIR = PACKAGE_DIR / "tiny_family"
+DATA_FILE = PACKAGE_DIR / "_data" / "registry.toml"
+# App. H / Figure 6: the band of interior amplification factors measured on Qwen2.5-1.5B/3B. The registry
+# holds it as `paper.appH.interior_range` for those two; notebooks fall back to it for other families.
+PAPER_INTERIOR_BAND = (0.7, 2.2)
 CONSERVATIVE = (0.999, 0.05)  # App. E "conservative tier" (tau_cos, tau_frob) for unrecognised families
+KINDS = ("post-trained", "continued-pretraining", "independent", "vintage")
+PACKAGE_PREFIX = "package:"  # local refs inside the package, resolved against PACKAGE_DIR on load
 
 
 class UnknownModel(KeyError):
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
+
+
+class RegistryError(ValueError):
+    """The registry file is malformed: the message names the file, the field and what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +69,7 @@ class Variant:
 
     Attributes:
         ref: hub id or local directory.
-        kind: "post-trained", "continued-pretraining", "independent" or "vintage".
+        kind: one of `KINDS`.
         paper: figures the paper reports for base -> this variant (keys name the table).
         external: published figures from outside the paper for the same pair.
     """
@@ -66,140 +99,157 @@ class Family:
         return self.variants[self.default_variant]
 
 
-def _v(ref, kind="post-trained", **kw) -> Variant:
-    ext = kw.pop("external", {})
-    return Variant(ref, kind, kw, ext)
+# ---- schema: per table, field name -> type; `_opt(...)` marks an optional field ----------------------------
+
+@dataclass(frozen=True)
+class _Opt:
+    spec: Any
 
 
-def _md(frob, cos):  # modeldelta whole-model tensor mean (external-figures.md)
-    return {"modeldelta": {"rel_frob": frob, "cos": cos}}
+@dataclass(frozen=True)
+class _Seq:
+    item: Any
+    length: int | None = None   # fixed length (pairs)
+    as_tuple: bool = True       # tuple in the API (ranges, pairs); False keeps a list (Table 14's series)
 
 
-def _t1(blocks, cos_range, eps_range, eps_mean):
-    return {"table1": {"blocks": blocks, "cos_range": cos_range, "eps_range": eps_range, "eps_mean": eps_mean}}
+@dataclass(frozen=True)
+class _Map:  # free keys (variant names), one schema for every value
+    value: Any
 
 
-def _t4(tau, shared, naive, lazy, save):
-    return {"table4": {"tau_frob": tau, "shared": shared, "naive_mib": naive, "lazy_mib": lazy, "save": save}}
+def _opt(spec: Any) -> _Opt:
+    return _Opt(spec)
 
 
-def _t6(saved, mmlu, arc, hella, wino):
-    return {"table6": {"saved": saved, "mmlu": mmlu, "arc": arc, "hellaswag": hella, "winogrande": wino}}
+PAIR = _Seq(float, 2)
+_ATTN = {"ref": float, "head_perm": float, "rmsnorm": float}
+EXTERNAL = {  # external-figures.md
+    "modeldelta": _opt({"rel_frob": float, "cos": float}),  # whole-model tensor mean
+    "modeldelta_erank_delta": _opt(int),
+    "shadow_ft_sigma": _opt(float),
+}
+VARIANT_PAPER = {
+    "table1": _opt({"blocks": int, "cos_range": str, "eps_range": PAIR, "eps_mean": float}),
+    "table2": _opt({"cos": float, "eps": float}),
+    "table4": _opt({"tau_frob": float, "shared": str, "naive_mib": int, "lazy_mib": int, "save": float}),
+    "table6": _opt({"saved": float, "mmlu": int, "arc": int, "hellaswag": int, "winogrande": int}),
+    "table9": _opt({"mean_eps": float, "maxK_mean": float, "global_max": float}),
+    "table10": _opt({"eps_mean": float, "tightening": float}),
+    "table13": _opt({"eps_mean": float}),
+    "section3_1": _opt({"identical_tensors": int, "n_tensors": int}),
+    "appO": _opt({"bleu": float, "rougeL": float}),
+}
+FAMILY_PAPER = {
+    "table2_cross": _opt({"pair": str, "cos": float, "eps": float}),
+    "table3": _opt({"block": int, "attn_cos": _ATTN, "attn_frob": _ATTN,
+                    "mlp_perm": _opt({"mlp_cos_ref": float, "mlp_cos": float, "max_abs_output_diff": float})}),
+    "table11": _opt({"tol": float, "blocks": int, "mean_ratio": float, "min": float, "max": float}),
+    "table12": _opt({"linker_save": float, "deltazip_save": float}),
+    "table13": _opt({"per_block_max_delta": float, "argmax_block": int, "full_model_peak_delta": float,
+                     "full_model_argmin_alpha": _opt(float), "loss_variant": _opt(float),
+                     "loss_base": _opt(float)}),
+    "table14_mib": _opt(_Seq(int, as_tuple=False)),
+    "table15_s": _opt({k: float for k in ("cpu_load", "scan", "alias", "move", "total", "naive")}),
+    "table16": _opt({"shared_blocks": str, "rejected_blocks": str}),
+    "table17": _opt({"pearson": float, "spearman": float}),
+    "appE": _opt(str),
+    "appH": _opt({"interior_range": PAIR, "n_inputs": _opt(int)}),
+}
+VARIANT = {"ref": str, "kind": str, "paper": _opt(VARIANT_PAPER), "external": _opt(EXTERNAL)}
+FAMILY = {
+    "label": str, "base": str, "tau_cos": float, "tau_frob": float, "variants": _Map(VARIANT),
+    "default_variant": _opt(str), "cross": _opt(_Seq(_Seq(str, 2))), "vintage": _opt(_Seq(str)),
+    "paper": _opt(FAMILY_PAPER), "eval_seq_len": _opt(int), "eval_sequences": _opt(int),
+}
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
 
 
-REGISTRY: dict[str, Family] = {}
+def _check(value: Any, spec: Any, where: str) -> Any:
+    """`value` checked against `spec` and converted (lists to tuples where the API has tuples, ints in
+    float fields to float). Raises RegistryError naming `where`."""
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            raise RegistryError(f"{where}: expected a table, got {value!r}")
+        allowed = {k: (s.spec if isinstance(s, _Opt) else s) for k, s in spec.items()}
+        for name in value:
+            if name not in allowed:
+                raise RegistryError(f"{where}: unknown field {name!r}; allowed fields: {', '.join(allowed)}")
+        missing = [k for k, s in spec.items() if not isinstance(s, _Opt) and k not in value]
+        if missing:
+            raise RegistryError(f"{where}: missing required field(s) {', '.join(missing)}")
+        return {k: _check(v, allowed[k], f"{where}.{k}") for k, v in value.items()}
+    if isinstance(spec, _Map):
+        if not isinstance(value, dict) or not value:
+            raise RegistryError(f"{where}: expected a table of one or more entries, got {value!r}")
+        return {k: _check(v, spec.value, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(spec, _Seq):
+        if not isinstance(value, list) or (spec.length is not None and len(value) != spec.length):
+            n = f"{spec.length} " if spec.length else ""
+            raise RegistryError(f"{where}: expected an array of {n}items, got {value!r}")
+        items = [_check(v, spec.item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if spec.as_tuple else items
+    ok = (isinstance(value, spec) or (spec is float and isinstance(value, int))) and not isinstance(value, bool)
+    if not ok:
+        raise RegistryError(f"{where}: expected {_TYPE_NAMES[spec]}, got {type(value).__name__} {value!r}")
+    return float(value) if spec is float else value
 
 
-def _add(f: Family) -> None:
-    REGISTRY[f.key] = f
+def _ref(ref: str) -> str:
+    return str(PACKAGE_DIR / ref[len(PACKAGE_PREFIX):]) if ref.startswith(PACKAGE_PREFIX) else ref
 
 
-_add(Family(
-    "qwen05b", "Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B",
-    {"instruct": _v("Qwen/Qwen2.5-0.5B-Instruct", **_t1(24, "0.998", (0.04, 0.05), 0.045),
-                    **_t4(0.06, "24/24", 1900, 1210, 0.36), **_t6(0.36, 102, 95, 96, 100),
-                    external=_md(0.0715, 0.997456))},
-    tau_cos=0.998, tau_frob=0.06,
-    paper={"table11": {"tol": 0.05, "blocks": 24, "mean_ratio": 1.219, "min": 1.194, "max": 1.223},
-           "appE": "5% budget -> tau_frob 0.06 (24/24)"}))
-_add(Family(
-    "qwen15b", "Qwen2.5-1.5B", "Qwen/Qwen2.5-1.5B",
-    {"instruct": _v("Qwen/Qwen2.5-1.5B-Instruct", table13={"eps_mean": 0.013}, external=_md(0.00867, 0.999952)),
-     "coder": _v("Qwen/Qwen2.5-Coder-1.5B", "continued-pretraining", table2={"cos": 0.704, "eps": 0.358}),
-     "math": _v("Qwen/Qwen2.5-Math-1.5B", "continued-pretraining", table2={"cos": 0.526, "eps": 0.469})},
-    paper={"table3": {"block": 14, "attn_cos": {"ref": 0.9999, "head_perm": 0.1344, "rmsnorm": 0.9666},
-                      "attn_frob": {"ref": 0.0037, "head_perm": 0.6527, "rmsnorm": 0.0856},
-                      "mlp_perm": {"mlp_cos_ref": 1.000, "mlp_cos": 0.002, "max_abs_output_diff": 9.5e-6}},
-           "table13": {"per_block_max_delta": 0.0062, "argmax_block": 14, "full_model_peak_delta": -0.012,
-                       "full_model_argmin_alpha": 0.4},
-           "appH": {"interior_range": (0.7, 2.2), "n_inputs": 100}}))
-_add(Family(
-    "qwen3b", "Qwen2.5-3B", "Qwen/Qwen2.5-3B",
-    {"instruct": _v("Qwen/Qwen2.5-3B-Instruct", **_t1(36, "0.999+", (0.01, 0.02), 0.011),
-                    **_t4(0.05, "36/36", 11988, 6588, 0.45), **_t6(0.45, 99, 97, 98, 98),
-                    table9={"mean_eps": 0.007, "maxK_mean": 0.014, "global_max": 0.018},
-                    appO={"bleu": 0.50, "rougeL": 0.42}, external=_md(0.00859, 0.999954)),
-     "coder": _v("Qwen/Qwen2.5-Coder-3B", "continued-pretraining", table2={"cos": 0.752, "eps": 0.305})},
-    tau_frob=0.05,
-    paper={"table11": {"tol": 0.05, "blocks": 36, "mean_ratio": 1.180, "min": 0.800, "max": 1.206},
-           "table14_mib": [5994, 6588, 7182, 7776, 8370],
-           "table15_s": {"cpu_load": 1.4, "scan": 19.8, "alias": 0.6, "move": 0.3, "total": 22.1, "naive": 5.8},
-           "table12": {"linker_save": 0.45, "deltazip_save": 0.83},
-           "appH": {"interior_range": (0.7, 2.2), "n_inputs": 100}}))
-_add(Family(
-    "qwen7b", "Qwen2.5-7B", "Qwen/Qwen2.5-7B",
-    {"instruct": _v("Qwen/Qwen2.5-7B-Instruct", **_t1(28, "0.999+", (0.01, 0.02), 0.015),
-                    **_t4(0.05, "28/28", 29136, 16648, 0.43), **_t6(0.43, 102, 101, 101, 103),
-                    table2={"cos": 0.9997, "eps": 0.015}, section3_1={"identical_tensors": 2, "n_tensors": 339},
-                    external=_md(0.01196, 0.999957) | {"modeldelta_erank_delta": 2166}),
-     "coder": _v("Qwen/Qwen2.5-Coder-7B", "continued-pretraining", table2={"cos": 0.637, "eps": 0.831},
-                 external=_md(0.862, 0.605)),
-     "math": _v("Qwen/Qwen2.5-Math-7B", "continued-pretraining", external=_md(0.951, 0.669))},
-    tau_frob=0.05, cross=(("instruct", "coder"),),
-    paper={"table2_cross": {"pair": "instruct->coder", "cos": 0.637, "eps": 0.831},
-           "table3": {"block": 14, "attn_cos": {"ref": 0.9999, "head_perm": 0.0727, "rmsnorm": 0.9677},
-                      "attn_frob": {"ref": 0.0050, "head_perm": 0.6808, "rmsnorm": 0.0847}},
-           "table11": {"tol": 0.05, "blocks": 28, "mean_ratio": 1.198, "min": 1.112, "max": 1.209},
-           "table14_mib": [14568, 16648, 18728, 20808],
-           "table15_s": {"cpu_load": 2.8, "scan": 51.5, "alias": 1.4, "move": 0.6, "total": 56.3, "naive": 11.9}}))
-_add(Family(
-    "llama1b", "Llama-3.2-1B", "meta-llama/Llama-3.2-1B",
-    {"instruct": _v("meta-llama/Llama-3.2-1B-Instruct", **_t1(16, "0.990-0.995", (0.12, 0.17), 0.156),
-                    **_t4(0.20, "13/16", 4716, 3208, 0.32), **_t6(0.14, 83, 96, 100, 98),
-                    table9={"mean_eps": 0.122, "maxK_mean": 0.182, "global_max": 0.192})},
-    tau_cos=0.99, tau_frob=0.20,
-    paper={"table13": {"per_block_max_delta": 2.7615, "argmax_block": 15, "full_model_peak_delta": 2.6834,
-                       "loss_variant": 3.22, "loss_base": 5.91},
-           "table12": {"linker_save": 0.32, "deltazip_save": 0.85},
-           "appE": "5% budget -> no sharing; 10% -> tau_frob 0.13 (13/16)"}))
-_add(Family(
-    "llama3b", "Llama-3.2-3B", "meta-llama/Llama-3.2-3B",
-    {"instruct": _v("meta-llama/Llama-3.2-3B-Instruct", **_t1(28, "0.991-0.995", (0.10, 0.12), 0.110),
-                    **_t4(0.13, "28/28", 12256, 6880, 0.44), **_t6(0.07, 98, 102, 100, 99),
-                    external=_md(0.115, 0.99273))},
-    tau_cos=0.99, tau_frob=0.13))
-_add(Family(
-    "llama8b", "Llama-3.1-8B", "meta-llama/Llama-3.1-8B",
-    {"instruct": _v("meta-llama/Llama-3.1-8B-Instruct", **_t1(32, "0.999+", (0.04, 0.05), 0.045),
-                    **_t4(0.05, "32/32", 30634, 17322, 0.43), **_t6(0.43, 96, 97, 101, 99),
-                    section3_1={"identical_tensors": 0, "n_tensors": 291},
-                    external=_md(0.0354, 0.99978) | {"shadow_ft_sigma": 0.018})},
-    tau_frob=0.05, vintage=("llama2-7b",),
-    paper={"table3": {"block": 16, "attn_cos": {"ref": 0.9994, "head_perm": 0.1522, "rmsnorm": 0.9431},
-                      "attn_frob": {"ref": 0.0207, "head_perm": 0.6502, "rmsnorm": 0.1529}}}))
-_add(Family(
-    "mistral7b", "Mistral-7B-v0.3", "mistralai/Mistral-7B-v0.3",
-    {"instruct": _v("mistralai/Mistral-7B-Instruct-v0.3", **_t1(32, "0.999+", (0.004, 0.01), 0.006),
-                    **_t4(0.05, "32/32", 27648, 14336, 0.48), **_t6(0.48, 101, 87, 96, 101),
-                    table9={"mean_eps": 0.016, "maxK_mean": 0.024, "global_max": 0.029},
-                    appO={"bleu": 0.44, "rougeL": 0.23})},
-    tau_frob=0.05, vintage=("mistral7b-v01",),
-    paper={"table14_mib": [13824, 14336, 14848, 15360, 15872]}))
-_add(Family(
-    "gemma2b", "Gemma-2-2B", "google/gemma-2-2b",
-    {"instruct": _v("google/gemma-2-2b-it", **_t1(26, "0.998-0.999", (0.04, 0.08), 0.049),
-                    **_t4(0.07, "12/26", 9974, 8193, 0.18), **_t6(0.18, 91, 100, 101, 100))},
-    tau_frob=0.07, vintage=("gemma1-2b",),
-    paper={"table16": {"shared_blocks": "0-11", "rejected_blocks": "12-25"},
-           "table17": {"pearson": -0.120, "spearman": -0.104}}))
-# Vintage pairs of Table 10 (2023-era releases).
-_add(Family("gemma1-2b", "Gemma-1-2B (Feb '24)", "google/gemma-2b",
-            {"instruct": _v("google/gemma-2b-it", "vintage", table10={"eps_mean": 0.610, "tightening": 12.4})},
-            tau_frob=0.07))
-_add(Family("mistral7b-v01", "Mistral-7B-v0.1 (Sep '23)", "mistralai/Mistral-7B-v0.1",
-            {"instruct": _v("mistralai/Mistral-7B-Instruct-v0.1", "vintage",
-                            table10={"eps_mean": 0.140, "tightening": 23.3}, external=_md(0.139, 0.99218))}))
-_add(Family("llama2-7b", "Llama-2-7B (Jul '23)", "meta-llama/Llama-2-7b-hf",
-            {"instruct": _v("meta-llama/Llama-2-7b-chat-hf", "vintage",
-                            table10={"eps_mean": 0.052, "tightening": 1.15})}))
-_add(Family(
-    "tiny", "tiny (embedded, llama-arch GQA)", str(TINY_DIR / "base"),
-    {"instruct": _v(str(TINY_DIR / "instruct")), "chat": _v(str(TINY_DIR / "chat")),
-     "qa": _v(str(TINY_DIR / "qa")), "coder": _v(str(TINY_DIR / "coder"), "continued-pretraining"),
-     "scratch": _v(str(TINY_DIR / "scratch"), "independent")},
-    # Same regime as Qwen2.5-0.5B (measured base->instruct: cos 0.998-0.999, eps-bar 0.045; README), so the
-    # same thresholds as the paper's qwen05b entry.
-    tau_cos=0.998, tau_frob=0.06, cross=(("instruct", "coder"),), eval_seq_len=256, eval_sequences=8))
+def _family(key: str, raw: dict, where: str) -> Family:
+    d = _check(raw, FAMILY, where)
+    variants = {name: Variant(_ref(v["ref"]), v["kind"], v.get("paper", {}), v.get("external", {}))
+                for name, v in d.pop("variants").items()}
+    fam = Family(key=key, base=_ref(d.pop("base")), variants=variants, **d)
+    for name, v in variants.items():
+        if v.kind not in KINDS:
+            raise RegistryError(f"{where}.variants.{name}.kind: {v.kind!r} is not one of {', '.join(KINDS)}")
+    names = [fam.default_variant] + [n for pair in fam.cross for n in pair]
+    for name in names:
+        if name not in variants:
+            raise RegistryError(f"{where}: variant {name!r} (default_variant or cross) is not among "
+                                f"{where}.variants: {', '.join(variants)}")
+    for name, x in (("tau_cos", fam.tau_cos), ("tau_frob", fam.tau_frob)):
+        if not 0 < x <= 1:
+            raise RegistryError(f"{where}.{name}: {x} is outside (0, 1]")
+    for name, n in (("eval_seq_len", fam.eval_seq_len), ("eval_sequences", fam.eval_sequences)):
+        if n < 1:
+            raise RegistryError(f"{where}.{name}: {n} must be >= 1")
+    return fam
+
+
+def load(path: str | Path = DATA_FILE) -> dict[str, Family]:
+    """The families of a registry TOML file, validated.
+
+    Raises:
+        RegistryError: unparsable TOML, an unknown/missing/mistyped field, or a dangling reference
+            (default_variant, cross, vintage), with the file and the field's place named.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise RegistryError(f"{path}: not valid TOML: {e}") from None
+    out: dict[str, Family] = {}
+    for key, table in raw.items():
+        if not _KEY.match(key):
+            raise RegistryError(f"{path}: key {key!r}: use letters, digits, '-', '_' or '.'")
+        try:
+            out[key] = _family(key, table, key)
+        except RegistryError as e:
+            raise RegistryError(f"{path}: {e}") from None
+    for fam in out.values():
+        for old in fam.vintage:
+            if old not in out:
+                raise RegistryError(f"{path}: {fam.key}.vintage names {old!r}, which is not a family in the file")
+    return out
+
+
+REGISTRY: dict[str, Family] = load()
 
 
 def keys() -> list[str]:
