@@ -135,7 +135,8 @@ def test_plan_cached_then_stale_then_corrupt(tiny_pairs, tmp_path, monkeypatch):
     path = plans.plan_path(tmp_path, Checkpoint(b), Checkpoint(v), *TAU)
     assert json.loads(path.read_text())["variant_fingerprint"] == fresh.variant_fingerprint
     path.write_text("{not json")
-    assert plans.share_plan(b, v, *TAU, cache_dir=tmp_path)[1] == "scanned"
+    with pytest.warns(UserWarning, match="is not usable.*rescanning"):
+        assert plans.share_plan(b, v, *TAU, cache_dir=tmp_path)[1] == "scanned"
 
 
 # -- safety ------------------------------------------------------------------------------------------------------

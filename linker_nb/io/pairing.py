@@ -52,8 +52,8 @@ def pair_names(base: Checkpoint, var: Checkpoint) -> tuple[list[tuple[str, str, 
     only_v = sorted(v_names - b_names - set(alias_b))
     if only_b or only_v:
         side, n = (base.ref, only_b[0]) if only_b else (var.ref, only_v[0])
-        raise ScanMismatch(f"tensor {n!r} exists only in {side} ({len(only_b)} tensor(s) only in the base, "
-                           f"{len(only_v)} only in the variant). The checkpoints do not share one layout: check "
+        raise ScanMismatch(f"tensor {n!r} exists only in {side} ({len(only_b)} tensor(s) only in the base {base.ref}, "
+                           f"{len(only_v)} only in the variant {var.ref}). The checkpoints do not share one layout: check "
                            f"that both are complete and of the same architecture.")
     out = []
     for n in names:

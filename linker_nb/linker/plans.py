@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from ..analyses.records import BlockRecord, share_mask
@@ -18,7 +20,7 @@ from ..io.references import open_checkpoint
 __all__ = ["DEFAULT_PLAN_CACHE", "PLAN_VERSION", "SharePlan", "plan_path", "share_plan"]
 
 DEFAULT_PLAN_CACHE = Path(os.environ.get("LINKER_NB_PLAN_CACHE", "~/.cache/linker_nb/plans")).expanduser()
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: the file carries a checksum of its contents
 
 
 @dataclass
@@ -69,6 +71,66 @@ def plan_path(cache_dir: str | os.PathLike, base: Checkpoint, variant: Checkpoin
     return Path(cache_dir).expanduser() / f"plan-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
 
 
+_PLAN_TYPES = {"base": str, "variant": str, "base_fingerprint": str, "variant_fingerprint": str,
+               "tau_cos": float, "tau_frob": float, "shared": list, "blocks": list, "scan_s": float, "version": int}
+
+
+_BLOCK_FIELDS = {f.name: str(f.type) for f in fields(BlockRecord)}
+
+
+def _checksum(fields: dict) -> str:
+    """sha256 of a plan's fields: a cached plan edited or damaged in any value is rescanned, not trusted."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _read_plan(path: Path, tau_cos: float, tau_frob: float) -> tuple[SharePlan | None, str]:
+    """(plan, "") from a cache file, or (None, why) when it cannot be trusted: not JSON, other fields or
+    types, a checksum that does not match, another PLAN_VERSION, other thresholds, or a `shared` list that
+    its own block table contradicts."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSON and UTF-8 errors
+        return None, f"unreadable: {str(exc)[:120]}"
+    if not isinstance(raw, dict) or set(raw) != set(_PLAN_TYPES) | {"checksum"}:
+        return None, "not a share-plan object of this version"
+    if raw.pop("checksum") != _checksum(raw):
+        return None, "its checksum does not match its contents (edited or damaged)"
+    for key, typ in _PLAN_TYPES.items():
+        value = raw[key]
+        ok = (isinstance(value, (int, float)) and math.isfinite(value)) if typ is float else isinstance(value, typ)
+        if not ok or isinstance(value, bool):
+            return None, f"{key} is {str(value)[:60]}, not a {typ.__name__}"
+    if raw["version"] != PLAN_VERSION:
+        return None, f"version {raw['version']}, this is {PLAN_VERSION}"
+    if (raw["tau_cos"], raw["tau_frob"]) != (tau_cos, tau_frob):
+        return None, f"thresholds {raw['tau_cos']}, {raw['tau_frob']} instead of {tau_cos}, {tau_frob}"
+    for i, block in enumerate(raw["blocks"]):
+        why = _block_problem(block, i)
+        if why:
+            return None, f"block {i} {why}"
+    plan = SharePlan(**raw)
+    if plan.shared != [i for i, m in enumerate(plan.mask()) if m]:
+        return None, "its shared blocks contradict its own block table"
+    return plan, ""
+
+
+def _block_problem(block, i: int) -> str:
+    """What makes `block` not the `asdict` of a `BlockRecord` numbered i ("" when nothing)."""
+    if not isinstance(block, dict) or set(block) != set(_BLOCK_FIELDS):
+        return "does not have a BlockRecord's fields"
+    for key, kind in _BLOCK_FIELDS.items():
+        v = block[key]
+        if kind == "int":
+            ok = isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        elif kind == "list[str]":
+            ok = isinstance(v, list) and all(isinstance(x, str) for x in v)
+        else:  # "float | None": a number (NaN allowed: a metric may be undefined) or null
+            ok = v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+        if not ok:
+            return f"has {key} = {str(v)[:60]}"
+    return "" if block["index"] == i else f"is numbered {block['index']}"
+
+
 def share_plan(base, variant, tau_cos: float, tau_frob: float, *, cache_dir: str | os.PathLike | None = None,
                refresh: bool = False) -> tuple[SharePlan, str]:
     """The share plan of a pair: from the cache when it is current, else by `metrics.scan` (and cached).
@@ -80,20 +142,20 @@ def share_plan(base, variant, tau_cos: float, tau_frob: float, *, cache_dir: str
         refresh: rescan even when a current plan exists.
 
     Returns:
-        (plan, status) with status "cached", "scanned" (no plan) or "stale" (a checkpoint changed: rescanned).
+        (plan, status) with status "cached", "scanned" (no plan, or an unusable one: damaged or of another
+        version, which is rescanned with a warning) or "stale" (a checkpoint changed: rescanned).
     """
     b, v = open_checkpoint(base), open_checkpoint(variant)
     path = plan_path(cache_dir or DEFAULT_PLAN_CACHE, b, v, tau_cos, tau_frob)
     fb, fv = b.fingerprint(), v.fingerprint()
     status = "scanned"
     if path.exists() and not refresh:
-        try:
-            plan = SharePlan(**json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError):
-            plan = None  # unreadable or an older layout: rescan and overwrite
-        if plan is not None and plan.version == PLAN_VERSION:
-            if (plan.base_fingerprint, plan.variant_fingerprint) == (fb, fv):
-                return plan, "cached"
+        plan, why = _read_plan(path, tau_cos, tau_frob)
+        if plan is None:  # damaged, or written by another version: rescan and overwrite, and say so
+            warnings.warn(f"share plan {path} is not usable ({why}); rescanning and overwriting it.", stacklevel=2)
+        elif (plan.base_fingerprint, plan.variant_fingerprint) == (fb, fv):
+            return plan, "cached"
+        else:
             status = "stale"
     t0 = time.perf_counter()
     result = scan(b, v)
@@ -103,6 +165,7 @@ def share_plan(base, variant, tau_cos: float, tau_frob: float, *, cache_dir: str
                      blocks=[asdict(blk) for blk in result.blocks], scan_s=time.perf_counter() - t0)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(plan), indent=1))
+    fields_ = asdict(plan)
+    tmp.write_text(json.dumps(fields_ | {"checksum": _checksum(fields_)}, indent=1))
     tmp.replace(path)  # atomic: a concurrent reader never sees half a plan
     return plan, status
