@@ -1,14 +1,15 @@
 """Reader fuzzing: seeded mutations of real checkpoint files; nothing but `CheckpointError` may escape.
 
 Each mutation damages a copy of the embedded tiny checkpoint (`tiny_family/base`, one 1 MiB safetensors
-file), a sharded tiny checkpoint (`make_pair(shard="20KB")`) or a cached share plan. Then the whole read path
+file), a sharded tiny checkpoint (`make_pair(shard="20KB")`), a `.bin` one (`make_pair(fmt="bin")`) or a
+cached share plan. Then the whole read path
 runs: `open_checkpoint`, every tensor read, and `scan` against the intact copy (damaged side as base or as
 variant, alternating). The damaged checkpoint must either be refused with a `CheckpointError` whose message
 names the damaged directory, or read without error (damage the format cannot detect, e.g. flipped data bytes
 or swapped equal-sized tensors). A damaged share plan must be rescanned (with a warning) and give the same
 plan as a fresh scan. pytest-timeout guards against hangs.
 
-Unit tier, ~15 s on 2 shared cores for ~580 mutations (measured beside each group's count below).
+Fuzz tier: 641 mutations in ~15 s on 2 shared cores (each group's count is in its docstring).
 """
 from __future__ import annotations
 
@@ -371,3 +372,25 @@ def test_share_plan_cache_mutations(tmp_path):
             escaped.append(f"{label}: {status} plan differs from a fresh scan's")
     assert not escaped, f"{len(escaped)} of {len(cases)} plan mutations mishandled:\n" + "\n".join(escaped[:20])
     assert reused == 0  # every mutation changes the file, and the checksum sees it
+
+
+@pytest.mark.timeout(120)
+def test_bin_file_mutations(tmp_path_factory, tmp_path):
+    """pytorch_model.bin (zip + pickle, read with weights_only): truncated or with flipped bytes, 40 mutations."""
+    from linker_nb.testing import make_pair
+    base, _ = make_pair(tmp_path_factory.mktemp("bin"), "llama", fmt="bin")
+    rng = random.Random(SEED + 4)
+    raw = (base / "pytorch_model.bin").read_bytes()
+
+    def write(data: bytes):
+        return lambda d: (d / "pytorch_model.bin").write_bytes(data)
+
+    cases = [(f"bin truncated at {cut}", write(raw[:cut])) for cut in rng.sample(range(len(raw)), 20)]
+    for _ in range(20):
+        data = bytearray(raw)
+        # the zip directory and the pickle sit at the ends; the tensor bytes in between
+        for pos in rng.sample(list(range(0, 2048)) + list(range(len(raw) - 4096, len(raw))), rng.choice([1, 4])):
+            data[pos] ^= rng.randrange(1, 256)
+        cases.append(("bin flipped bytes", write(bytes(data))))
+    counts = _run(cases, base, tmp_path, base)
+    assert counts["refused"] >= 20
