@@ -64,8 +64,10 @@ GGUF_ARCHITECTURES: dict[str, GGUFArch] = {
     "mistral": GGUFArch("llama", _LLAMA_BLOCK, permute_qk=True),
     "qwen2": GGUFArch("qwen2", _LLAMA_BLOCK),
     "qwen3": GGUFArch("qwen3", _LLAMA_BLOCK + _QK_NORM),
-    "gemma": GGUFArch("gemma", _LLAMA_BLOCK, norm_shift=1.0),
-    "gemma2": GGUFArch("gemma2", _LLAMA_BLOCK + _SANDWICH, norm_shift=1.0),
+    # Gemma and Gemma 2 always tie lm_head to the embedding; the converter drops an lm_head tensor.
+    "gemma": GGUFArch("gemma", _LLAMA_BLOCK, norm_shift=1.0, non_block=("model.embed_tokens", "model.norm")),
+    "gemma2": GGUFArch("gemma2", _LLAMA_BLOCK + _SANDWICH, norm_shift=1.0,
+                       non_block=("model.embed_tokens", "model.norm")),
     "gemma3_text": GGUFArch("gemma3", _LLAMA_BLOCK + _QK_NORM + _SANDWICH, norm_shift=1.0),
 }
 # GGUF metadata key (after "{arch}.") -> Hugging Face config field.
@@ -98,8 +100,8 @@ def hf_to_gguf_names(model_type: str, n_blocks: int) -> dict[str, str]:
     for m in modules:
         target = tmap.get_name(m)
         if target is None:  # the record names a module the gguf package cannot map: a bug in the record
-            raise UnsupportedGGUF(f"gguf {gguf.__version__ if hasattr(gguf, '__version__') else ''} has no GGUF "
-                                  f"name for {m!r} of {model_type}; fix GGUF_ARCHITECTURES[{model_type!r}].")
+            raise UnsupportedGGUF(f"the installed gguf package has no GGUF name for {m!r} of {model_type}; fix "
+                                  f"GGUF_ARCHITECTURES[{model_type!r}].")
         for suffix in (".weight", ".bias"):
             out[m + suffix] = target + suffix
     return out
