@@ -396,8 +396,9 @@ class GGUFCheckpoint(Checkpoint):
                 out = torch.from_numpy(np.array(t.data, copy=True)).view(torch.bfloat16).reshape(info.shape)
             elif t.tensor_type.name in _NATIVE:
                 out = torch.from_numpy(np.array(t.data, copy=True)).reshape(info.shape)
-            else:
-                out = torch.from_numpy(dequantize(t.data, t.tensor_type)).reshape(info.shape)
+            else:  # a damaged scale dequantizes to inf/NaN: the scan counts those, numpy need not warn
+                with np.errstate(invalid="ignore", over="ignore"):
+                    out = torch.from_numpy(dequantize(t.data, t.tensor_type)).reshape(info.shape)
         except Exception as exc:
             raise CheckpointCorrupt(f"cannot read tensor {self._gguf_name[name]!r} ({name}) from {self.file}: "
                                     f"{type(exc).__name__}: {exc}. The file is damaged: download or convert it "
