@@ -225,3 +225,41 @@ def test_a_type_the_package_cannot_dequantize_is_refused_on_open(ggufs, tmp_path
     p = _damaged(ggufs["F32"], tmp_path, lambda raw: raw[:at] + struct.pack("<I", q81) + raw[at + 4:])
     with pytest.raises(UnsupportedGGUF, match="stored as Q8_1.*cannot dequantize"):
         open_checkpoint(p)
+
+
+def test_side_by_side_says_which_pair_moves_a_block_more(ggufs):
+    from linker_nb.analyses import granularity
+    from linker_nb.nb import plots
+    quant = scan(TINY / "base", ggufs["Q4_0"], progress=False)
+    cmp = granularity.compare_with(quant, str(TINY / "instruct"), progress=False)
+    post = scan(TINY / "base", TINY / "instruct", progress=False)
+    assert cmp["labels"] == ["base-Q4_0.gguf", "instruct"] and len(cmp["blocks"]) == 8
+    for row, q, p in zip(cmp["blocks"], quant.blocks, post.blocks):
+        assert (row["eps_a"], row["eps_b"]) == (q.frob, p.frob)
+        assert row["ratio"] == pytest.approx(q.frob / p.frob)
+        assert row["more"] == ("base-Q4_0.gguf" if q.frob > p.frob else "instruct")
+    assert cmp["n_blocks_a_more"] == sum(r["more"] == "base-Q4_0.gguf" for r in cmp["blocks"])
+    assert cmp["mean_eps"] == {"base-Q4_0.gguf": quant.mean_frob, "instruct": post.mean_frob}
+    assert f"moves {cmp['n_blocks_a_more']} of 8 blocks more than instruct" in cmp["sentence"]
+    fig = plots.side_by_side(cmp)
+    assert [t.name for t in fig.data] == ["base-Q4_0.gguf", "instruct", "ratio"]
+    short = scan(*[open_checkpoint(p) for p in (TINY / "base", ggufs["Q4_0"])], progress=False)
+    short.blocks = short.blocks[:3]
+    with pytest.raises(ValueError, match="3 blocks.*8 blocks"):
+        granularity.side_by_side(short, post)
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(300)  # ~12 s on 2 shared cores
+def test_notebook_01_quantization_vs_post_training(ggufs, notebook_runner):
+    """`-p variant x.gguf -p compare_to instruct`: the tiny base against its Q4_0 file, beside post-training."""
+    r = notebook_runner("01_granularity_gap", variant=str(ggufs["Q4_0"]), compare_to="instruct")
+    assert r["custom"] and r["variant"] == str(ggufs["Q4_0"]) and r["n_blocks"] == 8 and r["n_tensors"] == 75
+    assert r["identity_basis"].startswith("base: stored bytes (safetensors); variant: stored GGUF bytes (Q4_0")
+    assert r["n_identical_tensors"] == 0 and 0.01 < r["mean_frob"] < 0.15
+    c = r["comparison"]
+    assert c["labels"] == ["base-Q4_0.gguf", "instruct"] and len(c["blocks"]) == 8
+    assert [b["eps_a"] for b in c["blocks"]] == [b["frob"] for b in r["blocks"]]
+    assert c["mean_eps"]["base-Q4_0.gguf"] == pytest.approx(r["mean_frob"])
+    only = notebook_runner("01_granularity_gap", variant=str(ggufs["Q8_0"]))
+    assert only["comparison"] is None and only["mean_frob"] < r["mean_frob"]
