@@ -3,7 +3,8 @@
 GGUF files are written from the embedded tiny family (`tiny_family/base`, Llama, bf16 safetensors) and from
 tiny random-init checkpoints of every family in `linker_nb.testing.FAMILIES`, by `testing.write_gguf`: the
 `gguf` package's own `GGUFWriter`, `TensorNameMap` and quantizer, with llama.cpp's Q/K row permutation and
-Gemma norm shift. ~6 s on 2 shared cores.
+Gemma norm shift. K and IQ types, which the package can dequantize but not quantize, are written as seeded
+random blocks of the type. ~57 s on 2 shared cores (load ~4; the notebook-tier test ~15 s of it).
 """
 from __future__ import annotations
 
@@ -263,3 +264,53 @@ def test_notebook_01_quantization_vs_post_training(ggufs, notebook_runner):
     assert c["mean_eps"]["base-Q4_0.gguf"] == pytest.approx(r["mean_frob"])
     only = notebook_runner("01_granularity_gap", variant=str(ggufs["Q8_0"]))
     assert only["comparison"] is None and only["mean_frob"] < r["mean_frob"]
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory) -> Path:
+    """A one-block llama whose rows hold 256 values, so that K-quant super-blocks (256) fit."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(vocab_size=256, hidden_size=256, intermediate_size=512, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("wide") / "llama-256"
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    return d
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q5_0", "Q5_1", "TQ2_0", "MXFP4"])
+def test_types_the_package_quantizes_scan_within_range(wide, tmp_path, qtype):
+    r = scan(wide, write_gguf(wide, tmp_path / f"{qtype}.gguf", qtype), progress=False)
+    assert r.nonfinite_tensors == [] and all(0 < b.frob < 1.0 and b.cos > 0.5 for b in r.blocks)
+    assert {t.dtype for t in r.tensors if len(t.shape) == 2} == {qtype}
+
+
+@pytest.mark.parametrize("qtype", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS", "IQ2_XXS"])
+def test_dequantize_only_types_are_read_in_hf_order(wide, tmp_path, qtype, monkeypatch):
+    """K and IQ types have no quantizer in the gguf package: the file is written with seeded random blocks of
+    the type instead. `get` must return the package's dequantization of the stored blocks, with llama.cpp's
+    row permutation of q/k undone (checked by re-applying the converter's permutation)."""
+    import gguf
+    from gguf.quants import dequantize, quantize
+    rng = np.random.default_rng(7)
+
+    def random_blocks(arr, t):
+        if t.name in ("F32", "F16"):
+            return quantize(arr, t)
+        block, size = gguf.GGML_QUANT_SIZES[t]
+        return rng.integers(0, 256, (*arr.shape[:-1], arr.shape[-1] // block * size), dtype=np.uint8)
+    monkeypatch.setattr(gguf.quants, "quantize", random_blocks)
+    ck = open_checkpoint(write_gguf(wide, tmp_path / f"{qtype}.gguf", qtype))
+    heads = {"q_proj": 4, "k_proj": 2}
+    for name in ck.names:
+        info, t = ck.info(name), ck._tensors[name]
+        if len(info.shape) == 1:
+            continue
+        assert info.dtype == qtype and info.nbytes == t.data.nbytes
+        with np.errstate(invalid="ignore", over="ignore"):  # random scales include inf/NaN
+            stored = torch.from_numpy(dequantize(t.data, t.tensor_type)).reshape(info.shape)
+        got = ck.get(name)
+        assert got.dtype == torch.float32 and got.shape == info.shape
+        sub = name.split(".")[-2]
+        back = llama_cpp_permute(got, heads[sub]) if sub in heads else got
+        assert torch.equal(back.nan_to_num(0, 0, 0), stored.nan_to_num(0, 0, 0)), name
