@@ -98,7 +98,7 @@ def write_gguf(src: str | Path, out: str | Path, qtype: str = "F16") -> Path:
     from gguf.quants import quantize
 
     from .io.checkpoint import Checkpoint
-    from .io.gguf import GGUF_ARCHITECTURES, permute_qk
+    from .io.gguf import GGUF_ARCHITECTURES, permute_qk, permuted_heads
     ck = Checkpoint(src)
     cfg = ck.config
     rec = GGUF_ARCHITECTURES[ck.model_type]
@@ -122,12 +122,11 @@ def write_gguf(src: str | Path, out: str | Path, qtype: str = "F16") -> Path:
     w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
     w.add_rope_freq_base(float((cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 1e4))))
     w.add_vocab_size(cfg["vocab_size"])
+    heads = permuted_heads(rec, cfg, ck.names)
     for name in ck.names:
         data = ck.get(name).float()
-        if rec.permute_qk and name.endswith(("q_proj.weight", "q_proj.bias")):
-            data = permute_qk(data, n_head)
-        if rec.permute_qk and name.endswith(("k_proj.weight", "k_proj.bias")):
-            data = permute_qk(data, n_kv)
+        if name in heads:
+            data = permute_qk(data, heads[name])
         if rec.norm_shift and name.endswith("norm.weight"):
             data = data + rec.norm_shift
         gname = tmap.get_name(name, try_suffixes=(".weight", ".bias"))

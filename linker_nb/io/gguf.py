@@ -13,9 +13,7 @@ meant to move into the per-architecture records (`architectures.py`) as fields o
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
-import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,14 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, CheckpointCorrupt, CheckpointError, CheckpointNotFound, TensorInfo
+from .checkpoint import Checkpoint, CheckpointCorrupt, CheckpointNotFound, TensorInfo
+from .gguf_layout import UnsupportedGGUF, check_layout
 
 __all__ = ["GGUFArch", "GGUF_ARCHITECTURES", "UnsupportedGGUF", "GGUFCheckpoint", "gguf_file", "model_type_of",
-           "hf_to_gguf_names", "permute_qk", "unpermute_qk"]
-
-
-class UnsupportedGGUF(CheckpointError):
-    """A well-formed GGUF file this package cannot read (architecture or quantization type); says what to do."""
+           "hf_to_gguf_names", "permuted_heads", "permute_qk", "unpermute_qk"]
 
 
 @dataclass(frozen=True)
@@ -41,14 +36,15 @@ class GGUFArch:
         gguf: the file's `general.architecture`.
         block: Hugging Face sub-modules of block i (`model.layers.{i}.<sub>`), each with `.weight` and, where
             the checkpoint has one, `.bias`.
-        permute_qk: the converter reorders q_proj/k_proj rows (`LlamaModel.permute`) for llama.cpp's rotary
-            embedding; undone on read.
+        permute: (sub-module, config field of its head count) whose rows the converter reorders
+            (`LlamaModel.permute`) for llama.cpp's rotary embedding: q_proj by query heads, k_proj by KV heads;
+            weight and bias, undone on read.
         norm_shift: added to every `*norm.weight` by the converter (Gemma's (1 + w) RMSNorm baked in).
         non_block: embedding, final norm, lm_head module names.
     """
     gguf: str
     block: tuple[str, ...]
-    permute_qk: bool = False
+    permute: tuple[tuple[str, str], ...] = ()
     norm_shift: float = 0.0
     non_block: tuple[str, ...] = ("model.embed_tokens", "model.norm", "lm_head")
 
@@ -57,11 +53,12 @@ _LLAMA_BLOCK = ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self
                 "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 _QK_NORM = ("self_attn.q_norm", "self_attn.k_norm")
 _SANDWICH = ("pre_feedforward_layernorm", "post_feedforward_layernorm")
+_ROTARY_QK = (("self_attn.q_proj", "num_attention_heads"), ("self_attn.k_proj", "num_key_value_heads"))
 # model_type -> storage. The first model_type listed for a GGUF architecture is the one a GGUF file reports
 # (a Mistral converted by llama.cpp says "llama"; `model_types` lets pairing accept either).
 GGUF_ARCHITECTURES: dict[str, GGUFArch] = {
-    "llama": GGUFArch("llama", _LLAMA_BLOCK, permute_qk=True),
-    "mistral": GGUFArch("llama", _LLAMA_BLOCK, permute_qk=True),
+    "llama": GGUFArch("llama", _LLAMA_BLOCK, permute=_ROTARY_QK),
+    "mistral": GGUFArch("llama", _LLAMA_BLOCK, permute=_ROTARY_QK),
     "qwen2": GGUFArch("qwen2", _LLAMA_BLOCK),
     "qwen3": GGUFArch("qwen3", _LLAMA_BLOCK + _QK_NORM),
     # Gemma and Gemma 2 always tie lm_head to the embedding; the converter drops an lm_head tensor.
@@ -86,6 +83,17 @@ _NATIVE = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "
 def model_type_of(gguf_arch: str) -> str | None:
     """The Hugging Face `model_type` a GGUF `general.architecture` stands for (None: no mapping)."""
     return next((mt for mt, a in GGUF_ARCHITECTURES.items() if a.gguf == gguf_arch), None)
+
+
+def permuted_heads(rec: GGUFArch, config: dict, names) -> dict[str, int]:
+    """{Hugging Face tensor name: head count} of the tensors whose rows `rec`'s converter permutes."""
+    out = {}
+    for sub, key in rec.permute:
+        n = config.get(key, config.get("num_attention_heads"))  # no KV count: as many KV heads as query heads
+        for name in names:
+            if name.startswith("model.layers.") and name.rsplit(".", 1)[0].endswith("." + sub):
+                out[name] = n
+    return out
 
 
 def hf_to_gguf_names(model_type: str, n_blocks: int) -> dict[str, str]:
@@ -133,6 +141,10 @@ def _can_dequantize(qtype: int) -> bool:
         return False
 
 
+def _is_count(n) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n > 0
+
+
 def gguf_file(path: Path) -> Path | None:
     """The .gguf file a reference names: the file itself, or the one .gguf of a directory without safetensors
     or .bin weights; None when `path` is no GGUF reference."""
@@ -146,118 +158,6 @@ def gguf_file(path: Path) -> Path | None:
                                  f"{', ...' if len(found) > 4 else ''}); pass one of them, e.g. {found[0]}. Split "
                                  f"files (-00001-of-0000N) must first be merged: llama-gguf-split --merge.")
     return found[0] if found else None
-
-
-# -- structural check of the file before the gguf package parses it ---------------------------------------
-_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUFValueType -> bytes
-_STRING, _ARRAY, _MAX_DIMS = 8, 9, 4
-
-
-def _check_layout(path: Path) -> None:
-    """Walk the header with every count and offset bounded by the file size, before `GGUFReader` does.
-
-    `GGUFReader` trusts counts: a damaged array length makes it loop for hours over reads past the end, which
-    return empty arrays instead of failing. This walk is linear in the header's size and raises
-    `CheckpointCorrupt` (truncated, bad magic, impossible counts, tensor data past the end) or `UnsupportedGGUF`
-    (version, byte order, quantization type) naming the file.
-    """
-    import gguf
-    fix = "The file is damaged or truncated: delete it and download or convert it again."
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < 24:
-            raise CheckpointCorrupt(f"{path} is not a GGUF file: {size} bytes, shorter than the 24-byte header. {fix}")
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        if buf[:4] != b"GGUF":
-            raise CheckpointCorrupt(f"{path} is not a GGUF file: it starts with {bytes(buf[:4])!r}, not b'GGUF'. "
-                                    f"Pass a .gguf file written by llama.cpp or the gguf package. {fix}")
-        version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
-        if version not in (2, 3):
-            swapped = version != 0 and version & 0xFFFF == 0  # the reader's own test for the other byte order
-            raise UnsupportedGGUF(f"{path}: GGUF version {version}{' (a big-endian file?)' if swapped else ''} "
-                                  f"is not readable (versions 2 and 3, little-endian); re-convert it with a current "
-                                  f"llama.cpp.")
-        pos, alignment = 24, 32
-
-        def take(n: int, what: str) -> int:
-            nonlocal pos
-            if n < 0 or pos + n > size:
-                raise CheckpointCorrupt(f"{path} is truncated: {what} needs {n} bytes at byte {pos} of a "
-                                        f"{size}-byte file. {fix}")
-            pos += n
-            return pos - n
-
-        def u(fmt: str, what: str):
-            return struct.unpack_from(fmt, buf, take(struct.calcsize(fmt), what))[0]
-
-        def string(what: str) -> bytes:
-            n = u("<Q", what)
-            return bytes(buf[take(n, what):pos])
-
-        def value(t: int, what: str, depth: int = 0):
-            if t in _SCALAR:
-                take(_SCALAR[t], what)
-            elif t == _STRING:
-                string(what)
-            elif t == _ARRAY and depth < 2:
-                it, n = u("<I", what), u("<Q", what)
-                if it in _SCALAR:
-                    take(n * _SCALAR[it], what)
-                elif it in (_STRING, _ARRAY):
-                    if n > (size - pos) // 8:  # every element needs at least an 8-byte length
-                        raise CheckpointCorrupt(f"{path}: {what} claims {n} elements, more than the file holds. {fix}")
-                    for _ in range(n):
-                        value(it, what, depth + 1)
-                else:
-                    raise CheckpointCorrupt(f"{path}: {what} is an array of unknown value type {it}. {fix}")
-            else:
-                raise CheckpointCorrupt(f"{path}: {what} has unknown value type {t}. {fix}")
-
-        if n_kv > size // 13 or n_tensors > size // 24:  # smallest key/value: 13 bytes; tensor info: 24
-            raise CheckpointCorrupt(f"{path}: header claims {n_kv} metadata keys and {n_tensors} tensors, more "
-                                    f"than a {size}-byte file can hold. {fix}")
-        for k in range(n_kv):
-            key = string(f"metadata key #{k}")
-            t = u("<I", f"metadata {key[:60]!r}")
-            start = pos
-            value(t, f"metadata {key[:60]!r}")
-            if key == b"general.alignment" and t == 4:
-                alignment = struct.unpack_from("<I", buf, start)[0]
-                if alignment == 0 or alignment & (alignment - 1):
-                    raise CheckpointCorrupt(f"{path}: general.alignment is {alignment}, not a power of two. {fix}")
-        infos = []
-        for k in range(n_tensors):
-            name = string(f"tensor info #{k}").decode("utf-8", "replace")
-            nd = u("<I", f"tensor {name!r}")
-            if not 1 <= nd <= _MAX_DIMS:
-                raise CheckpointCorrupt(f"{path}: tensor {name!r} has {nd} dimensions (1..{_MAX_DIMS} allowed). {fix}")
-            dims = struct.unpack_from(f"<{nd}Q", buf, take(8 * nd, f"tensor {name!r}"))
-            qt, offset = u("<I", f"tensor {name!r}"), u("<Q", f"tensor {name!r}")
-            infos.append((name, dims, qt, offset))
-        data = pos + (-pos) % alignment
-        for name, dims, qt, offset in infos:
-            try:
-                qtype = gguf.GGMLQuantizationType(qt)
-            except ValueError:
-                raise UnsupportedGGUF(f"{path}: tensor {name!r} has quantization type id {qt}, unknown to the "
-                                      f"installed gguf package ({gguf.__name__} reads "
-                                      f"{', '.join(t.name for t in gguf.GGMLQuantizationType)}). Upgrade it "
-                                      f"(pip install -U gguf) or re-quantize the file to a known type.") from None
-            block, tsize = gguf.GGML_QUANT_SIZES[qtype]
-            numel = 1
-            for d in dims:
-                numel *= d
-            if dims[0] % block:
-                raise CheckpointCorrupt(f"{path}: tensor {name!r} has rows of {dims[0]} values, not a multiple of "
-                                        f"{qtype.name}'s block of {block}. {fix}")
-            end = data + offset + numel // block * tsize
-            if offset % alignment or end > size:
-                raise CheckpointCorrupt(f"{path} is truncated or damaged: tensor {name!r} ({qtype.name}, shape "
-                                        f"{tuple(reversed(dims))}) spans bytes {data + offset}..{end} of a "
-                                        f"{size}-byte file. {fix}")
-    finally:
-        buf.close()
 
 
 class GGUFCheckpoint(Checkpoint):
@@ -276,7 +176,7 @@ class GGUFCheckpoint(Checkpoint):
             raise CheckpointNotFound(f"no .gguf file at {p} ({ref or p}).")
         self.path, self.ref = self.file, ref or str(path)
         self._files = [self.file.name]
-        _check_layout(self.file)
+        check_layout(self.file)
         import gguf
         try:
             self._reader = gguf.GGUFReader(self.file)
@@ -313,7 +213,13 @@ class GGUFCheckpoint(Checkpoint):
             self._info[hf] = TensorInfo(hf, tuple(int(d) for d in reversed(t.shape.tolist())), dtype,
                                         self.file.name, int(t.n_bytes))
         self.config["tie_word_embeddings"] = "lm_head.weight" not in self._info
-        self._check_heads()
+        self._heads = permuted_heads(self.arch, self.config, self._info)
+        for name, n in self._heads.items():  # the head counts `get` needs, checked against the shapes
+            rows = self._info[name].shape[0]
+            if not _is_count(n) or rows % (2 * n):
+                raise CheckpointCorrupt(f"{self.file}: {name} has {rows} rows, which {n!r} heads of even size "
+                                        f"cannot split (attention.head_count / head_count_kv); the metadata is "
+                                        f"damaged: convert or download the file again.")
 
     # -- metadata -> Hugging Face config -----------------------------------------------------------
     def _meta(self, key: str, typ: type, required: bool = False):
@@ -356,21 +262,6 @@ class GGUFCheckpoint(Checkpoint):
                 cfg[hf] = value
         return cfg
 
-    def _check_heads(self) -> None:
-        """The head counts `get` needs to undo the Q/K permutation, checked against the tensors' shapes."""
-        if not self.arch.permute_qk:
-            return
-        heads = {"q_proj": self.config.get("num_attention_heads"),
-                 "k_proj": self.config.get("num_key_value_heads", self.config.get("num_attention_heads"))}
-        for name, info in self._info.items():
-            sub = name.rsplit(".", 2)[-2]
-            if sub in heads:
-                n = heads[sub]
-                if not isinstance(n, int) or n < 1 or info.shape[0] % (2 * n):
-                    raise CheckpointCorrupt(f"{self.file}: {name} has {info.shape[0]} rows, which "
-                                            f"{n!r} heads of even size cannot split (attention.head_count"
-                                            f"{'_kv' if sub == 'k_proj' else ''}); the metadata is damaged.")
-
     # -- access ------------------------------------------------------------------------------------
     @property
     def model_types(self) -> set[str]:
@@ -403,11 +294,8 @@ class GGUFCheckpoint(Checkpoint):
             raise CheckpointCorrupt(f"cannot read tensor {self._gguf_name[name]!r} ({name}) from {self.file}: "
                                     f"{type(exc).__name__}: {exc}. The file is damaged: download or convert it "
                                     f"again.") from exc
-        sub = name.rsplit(".", 2)[-2] if name.count(".") >= 2 else ""
-        if self.arch.permute_qk and sub in ("q_proj", "k_proj"):
-            n = self.config["num_attention_heads"] if sub == "q_proj" else self.config.get(
-                "num_key_value_heads", self.config["num_attention_heads"])
-            out = unpermute_qk(out, n).contiguous()
+        if name in self._heads:
+            out = unpermute_qk(out, self._heads[name]).contiguous()
         if self.arch.norm_shift and name.endswith("norm.weight"):
             out = (out.float() - self.arch.norm_shift).to(out.dtype)
         return out
