@@ -1,8 +1,9 @@
 """Find a checkpoint and read it one tensor at a time.
 
-A reference is a local directory, a Hugging Face cache snapshot, or a hub id. Weights are read lazily:
-safetensors through `safe_open` (memory-mapped, one tensor materialised per `get`), or, when a repository
-has no safetensors, `pytorch_model*.bin` through `torch.load(weights_only=True, mmap=True)`. Nothing here
+A reference is a local directory, a Hugging Face cache snapshot, a hub id, or a .gguf file. Weights are read
+lazily: safetensors through `safe_open` (memory-mapped, one tensor materialised per `get`), or, when a
+repository has no safetensors, `pytorch_model*.bin` through `torch.load(weights_only=True, mmap=True)`; a GGUF
+file through `linker_nb.io.gguf.GGUFCheckpoint` (a subclass `Checkpoint(path)` returns for one). Nothing here
 instantiates a model, so scanning two 8B checkpoints holds a few tensors in memory, not two models.
 """
 from __future__ import annotations
