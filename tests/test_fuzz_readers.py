@@ -169,7 +169,7 @@ def _header_edits(rng: random.Random, names: list[str], n: int):
         lambda: (f"entry={(v := rng.choice(WEIRD))!r}", replace_entry(pick(), v)),
         lambda: ("offsets swapped", swap_offsets(pick(), pick())),
         lambda: ("offsets overlap", overlap(pick(), pick())),
-        lambda: (f"extra key", set_field(pick(), rng.choice(["extra", "dtype2"]), 1)),
+        lambda: ("extra key", set_field(pick(), rng.choice(["extra", "dtype2"]), 1)),
         lambda: (f"rename to {(v := rng.choice(['', 'model.layers.99.x', 'lm_head.weight', '__metadata__']))!r}",
                  rename(pick(), v)),
         lambda: ("duplicate key", duplicate_key(pick(), pick())),
