@@ -263,3 +263,16 @@ def test_table10_measures_the_tightening_of_each_vintage_pair():
     assert t["measured tightening"].tolist() == pytest.approx([0.14 / 0.006, 0.052 / 0.045])
     assert t["paper tightening"].tolist() == [23.3, 1.15]
     assert tables.table10(entries[-1:]) is None
+
+
+def test_bench_projection_arithmetic():
+    """benchmarks/panel.py's projection: total bytes over the workers' throughput, never below the largest pair."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.panel import PARAMS_B, project
+    p = project(1.0, 0.0)
+    sizes = [4 * PARAMS_B[q.family] for q in panel.panel_pairs(["paper"])]
+    assert p["paper"]["pairs"] == 18 and p["paper"]["gb"] == pytest.approx(sum(sizes))
+    assert p["paper"]["hours"][1] == pytest.approx(sum(sizes) / 3600)
+    assert p["paper"]["hours"][8] == pytest.approx(max(sum(sizes) / 8, max(sizes)) / 3600)
+    assert p["lineage"]["hours"][32] == pytest.approx(500 * 4 * 7.62 / 32 / 3600)
