@@ -161,13 +161,15 @@ def _outcome(pair: PanelPair, status: str, t0: float, **kw) -> dict:
             "worker": worker, "pid": os.getpid(), **kw}
 
 
-def scan_pair(pair: PanelPair, store: str, scan_threads: int | None = None) -> dict:
+def scan_pair(pair: PanelPair, store: str, scan_threads: int = 1) -> dict:
     """The Dask task: check headers, resolve, skip if stored, scan, store. Runs on a worker.
 
     Args:
         pair: the pair.
         store: the store directory (visible from every worker: a shared filesystem on a multi-node cluster).
-        scan_threads: threads of the scan's arithmetic (default: the worker's thread count).
+        scan_threads: threads of the scan's arithmetic. A Dask worker runs as many pairs at once as it has
+            threads, so 1 keeps its cores busy without oversubscribing them; for a few large pairs, give workers
+            one thread and the scan more.
 
     Returns:
         An outcome: {pair, status ("scanned", "stored": found in the store, "failed"), key (store key), error
@@ -184,12 +186,6 @@ def scan_pair(pair: PanelPair, store: str, scan_threads: int | None = None) -> d
         fps = {"base_fingerprint": b_ck.fingerprint(), "variant_fingerprint": v_ck.fingerprint()}
         key = st.has(*fps.values())
         if key is None:
-            if scan_threads is None:
-                from distributed import get_worker
-                try:
-                    scan_threads = get_worker().state.nthreads
-                except ValueError:
-                    scan_threads = None
             result = scan(b_ck, v_ck, progress=False, workers=scan_threads)
             key, written = st.write(result, *fps.values(), pair=pair.to_dict())
         else:
@@ -221,7 +217,7 @@ def connect(scheduler: str = "", n_workers: int | None = None, dashboard_address
                   dashboard_address=dashboard_address, **cluster_kw)
 
 
-def submit(client, pairs: list[PanelPair], store: Store, *, retries: int = 2, scan_threads: int | None = None):
+def submit(client, pairs: list[PanelPair], store: Store, *, retries: int = 2, scan_threads: int = 1):
     """One `scan_pair` future per pair, keyed `scan_pair-<pair id>-<run token>`: a fresh token per call, so a
     rerun in the same session is not answered from the scheduler's memory of the last one (the store decides
     what is skipped)."""
@@ -293,7 +289,7 @@ class PanelRun:
 
 def run_panel(client, pairs: list[PanelPair], store: str | os.PathLike | Store, *, progress: bool = True,
               echo: Callable[[str], None] | None = print, retries: int = 2,
-              scan_threads: int | None = None) -> PanelRun:
+              scan_threads: int = 1) -> PanelRun:
     """Scan every pair on the cluster behind `client`, storing each result as it completes.
 
     Args:
@@ -303,7 +299,7 @@ def run_panel(client, pairs: list[PanelPair], store: str | os.PathLike | Store, 
         progress: show Dask's progress bar when running in a Jupyter kernel.
         echo: called with one line per finished pair (None: silent).
         retries: Dask retries of a pair whose task raised something other than a `CheckpointError`.
-        scan_threads: threads per scan (default: each worker's thread count).
+        scan_threads: threads per scan (see `scan_pair`).
 
     Returns:
         PanelRun with one outcome per pair, in the order of `pairs`.
