@@ -265,6 +265,12 @@ def test_table10_measures_the_tightening_of_each_vintage_pair():
     assert tables.table10(entries[-1:]) is None
 
 
+def test_aggregates_of_a_panel_where_every_pair_failed_are_empty():
+    assert tables.table1([]).empty and tables.table2([]).empty and tables.depth_profiles([]) == {}
+    assert tables.table10([]) is None and tables.figure2([])["n"] == 0
+    assert list(tables.table2([]).columns)[:4] == ["kind", "mean cos", "mean ε", "region"]
+
+
 def test_bench_projection_arithmetic():
     """benchmarks/panel.py's projection: total bytes over the workers' throughput, never below the largest pair."""
     import sys

@@ -100,6 +100,10 @@ def table2(entries: list[Entry], cos_min: float = ALIGNED_COS_MIN, eps_max: floa
     """Table 2: every pair's mean cos / eps-bar, its region (`boundary.region`), the paper's figures and region
     where it measured the pair, and eq. (3)'s shareable blocks at `thresholds` (`boundary.boundary_table`'s
     layout, indexed by the panel's pair labels)."""
+    if not entries:  # every pair failed: an empty table with Table 2's columns
+        import pandas as pd
+        return pd.DataFrame(columns=["kind", "mean cos", "mean ε", "region", "paper cos", "paper ε", "paper region",
+                                     "shareable blocks"], index=pd.Index([], name="pair"))
     results = []
     for p, s in entries:
         paper = p.paper.get("table2", p.paper if {"cos", "eps"} <= set(p.paper) else {})
