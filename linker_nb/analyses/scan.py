@@ -28,7 +28,8 @@ def scan(base, variant, *, progress: bool | None = None, hash_tensors: bool = Tr
     Args:
         base, variant: `Checkpoint`s or references (`resolve` accepts directories and hub ids).
         progress: show a tqdm bar over bytes; default: when the pair is larger than 256 MiB.
-        hash_tensors: hash every tensor's bytes (identity count, dedup saving); done in the prefetch thread.
+        hash_tensors: hash every tensor's stored bytes (identity count, dedup saving; for GGUF the quantized
+            bytes, see `ScanResult.identity_basis`); done in the prefetch thread.
         chunk: float32 chunk size in elements (see `tensor_stats`).
         workers: threads computing the sums; default `torch.get_num_threads()`. Results do not depend on it.
 
@@ -70,19 +71,20 @@ def scan(base, variant, *, progress: bool | None = None, hash_tensors: bool = Tr
                                 + ("" if s["na2"] else ", Frobenius ratio undefined"))
                 if nb != nv or nb != name:
                     note.append(f"tied embedding compared as {nb if nb != name else nv}")
+                ib, iv = b_ck.info(nb), v_ck.info(nv)
+                note += [f"{side}: {n}" for side, n in (("base", b_ck.note(nb)), ("variant", v_ck.note(nv))) if n]
                 records.append(TensorRecord(
                     name=name, group=role.group, block=role.block, sub=role.sub, kind=role.kind,
-                    shape=tuple(a.shape), dtype=str(b.dtype).replace("torch.", ""),
-                    nbytes=b.numel() * b.element_size(),
+                    shape=tuple(a.shape), dtype=iv.dtype, nbytes=iv.nbytes,
                     cos=cosine(s), frob=rel_frob(s), sigma=shadow_sigma(s),
                     base_norm=math.sqrt(s["na2"]) if math.isfinite(s["na2"]) else float("nan"),
                     var_norm=math.sqrt(s["nb2"]) if math.isfinite(s["nb2"]) else float("nan"),
                     diff_norm=math.sqrt(s["d2"]) if math.isfinite(s["d2"]) else float("nan"),
                     l1=(s["l1a"], s["l1b"], s["l1d"]), nonfinite=s["nonfinite"],
-                    identical=((hb == hv and a.dtype == b.dtype) if hb
+                    identical=((hb == hv and ib.dtype == iv.dtype) if hb
                                else (s["d2"] == 0 and not s["nonfinite"])),
                     base_hash=hb, var_hash=hv, note="; ".join(note)))
-                bar.update(a.numel() * a.element_size() + b.numel() * b.element_size())
+                bar.update(ib.nbytes + iv.nbytes)
                 del a, b
     finally:
         bar.close()
@@ -92,5 +94,8 @@ def scan(base, variant, *, progress: bool | None = None, hash_tensors: bool = Tr
     n_blocks = block_count(records)
     blocks = [BlockRecord.from_records(i, [r for r in records if r.block == i and r.group == "block"])
               for i in range(n_blocks)]
+    basis = (b_ck.identity_basis if b_ck.identity_basis == v_ck.identity_basis
+             else f"base: {b_ck.identity_basis}; variant: {v_ck.identity_basis}")
     return ScanResult(base=b_ck.ref, variant=v_ck.ref, model_type=arch.name, tensors=records, blocks=blocks,
-                      tied_embeddings=tied, elapsed_s=time.perf_counter() - t0, bytes_read=total)
+                      tied_embeddings=tied, elapsed_s=time.perf_counter() - t0, bytes_read=total,
+                      identity_basis=basis)
