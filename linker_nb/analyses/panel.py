@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..io import registry
-from ..io.checkpoint import Checkpoint, CheckpointError
-from ..io.headers import check_pair
+from ..io.checkpoint import CheckpointError
+from ..io.headers import HubHeaders, check_pair
 from ..io.references import open_checkpoint
 from .boundary import family_pairs
 from .panel_store import Store, pair_id
@@ -181,8 +181,9 @@ def scan_pair(pair: PanelPair, store: str, scan_threads: int = 1) -> dict:
     t0, st = time.perf_counter(), Store(store)
     try:
         b_view, v_view = check_pair(pair.base_ref, pair.variant_ref)  # seconds, before any download
-        b_ck = b_view if isinstance(b_view, Checkpoint) else open_checkpoint(pair.base_ref)
-        v_ck = v_view if isinstance(v_view, Checkpoint) else open_checkpoint(pair.variant_ref)
+        # a header view from the Hub (or None: .bin-only repository) is replaced by the downloaded checkpoint
+        b_ck = open_checkpoint(pair.base_ref) if b_view is None or isinstance(b_view, HubHeaders) else b_view
+        v_ck = open_checkpoint(pair.variant_ref) if v_view is None or isinstance(v_view, HubHeaders) else v_view
         fps = {"base_fingerprint": b_ck.fingerprint(), "variant_fingerprint": v_ck.fingerprint()}
         key = st.has(*fps.values())
         if key is None:

@@ -123,7 +123,8 @@ class Store:
         sc = s["scan"]
         return ScanResult(base=sc["base"], variant=sc["variant"], model_type=sc["model_type"], tensors=tensors,
                           blocks=blocks, tied_embeddings=sc["tied_embeddings"], elapsed_s=sc["elapsed_s"],
-                          bytes_read=sc["bytes_read"])
+                          bytes_read=sc["bytes_read"],
+                          **({"identity_basis": sc["identity_basis"]} if "identity_basis" in sc else {}))
 
     def blocks(self, key: str):
         """The per-block rows of an entry as a pandas DataFrame (no `ScanResult` rebuilt)."""

@@ -50,6 +50,15 @@ class HubHeaders:
             raise KeyError(f"{self.ref} has no tensor {name!r}") from None
 
     @property
+    def model_type(self) -> str:
+        return str(self.config.get("model_type", "unknown"))
+
+    @property
+    def model_types(self) -> set[str]:
+        """As `Checkpoint.model_types` (pairing accepts a match on any)."""
+        return {self.model_type}
+
+    @property
     def nbytes(self) -> int:
         return sum(i.nbytes for i in self._info.values())
 
@@ -89,7 +98,8 @@ def header_view(ref: str | os.PathLike, *, revision: str | None = None,
         local_files_only: never touch the network (default: ``HF_HUB_OFFLINE``).
 
     Returns:
-        A `Checkpoint` when the weights are local (a directory, or a hub id in the cache); `HubHeaders` for a
+        An opened checkpoint when the weights are local (a directory, a .gguf file, or a hub id in the cache, as
+        `open_checkpoint` returns it); `HubHeaders` for a
         hub id that is not; None for a hub repository with `.bin` weights only (its headers cannot be read
         without downloading it).
 
