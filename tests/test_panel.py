@@ -282,3 +282,30 @@ def test_bench_projection_arithmetic():
     assert p["paper"]["hours"][1] == pytest.approx(sum(sizes) / 3600)
     assert p["paper"]["hours"][8] == pytest.approx(max(sum(sizes) / 8, max(sizes)) / 3600)
     assert p["lineage"]["hours"][32] == pytest.approx(500 * 4 * 7.62 / 32 / 3600)
+
+
+def test_panel_results_document_without_papermill(tmp_path):
+    """schemas.panel on a panel run in-process (scan_pair called directly): the documented keys, the failure,
+    per-family thresholds, and a document that is plain JSON."""
+    import json
+    from linker_nb.nb import params, schemas
+    from linker_nb.nb.results import write_results
+    ns = {"__annotations__": {"model": str, "tau_cos": "Optional[float]", "tau_frob": "Optional[float]",
+                              "results_json": str}, "model": "tiny", "tau_cos": None, "tau_frob": None,
+          "results_json": ""}
+    run = params.setup(ns)
+    tiny = registry.get("tiny")
+    pairs = panel.panel_pairs(pairs=[[tiny.base, tiny.variant.ref], [tiny.base, str(tmp_path / "missing")]])
+    st = Store(tmp_path / "store")
+    result = panel.PanelRun(pairs, [panel.scan_pair(p, str(st.root)) for p in pairs], st, 1.0, "", 0)
+    doc = schemas.panel(run, result, tables.load(result))
+    assert doc["schema_version"] == schemas.SCHEMA_VERSION and doc["study"] == "07_panel"
+    assert doc["tau_cos"] is None and doc["counts"] == {"scanned": 1, "stored": 0, "failed": 1}
+    ok, bad = doc["pairs"]
+    assert ok["mean_frob"] == pytest.approx(scan(tiny.base, tiny.variant.ref, progress=False).mean_frob)
+    assert (ok["tau_cos"], ok["tau_frob"]) == registry.CONSERVATIVE  # an explicit pair: App. E's tier
+    assert bad["status"] == "failed" and str(tmp_path / "missing") in doc["failures"][0]["error"]
+    assert [r["pair"] for r in doc["table1"]] == ["base → instruct"]  # explicit pairs are Table 1 rows too
+    assert doc["table10"] is None and len(doc["table2"]) == 1 and list(doc["figure1"]) == ["base → instruct"]
+    back = json.loads((write_results(tmp_path / "r.json", doc), (tmp_path / "r.json").read_text())[1])
+    assert back["pairs"][0]["key"] == ok["key"]

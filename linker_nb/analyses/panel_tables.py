@@ -2,8 +2,8 @@
 
 Every function takes `entries`: (PanelPair, ScanResult) for the pairs that were scanned (`load`), and
 returns a pandas DataFrame or plain data for a plot. Which pairs feed which table follows the paper:
-  - Table 1 / Figure 1: base -> each post-trained variant, ordered by eps-bar (the paper has one row per
-    family, base -> instruct; its figures are shown beside the default variant's row);
+  - Table 1 / Figure 1: base -> each post-trained variant, and every explicit pair, ordered by eps-bar (the
+    paper has one row per family, base -> instruct; its figures are shown beside the default variant's row);
   - Table 2: every pair, with the region from `boundary.region` (the same rule as notebook 02);
   - Table 10: each family's default pair against the default pair of the older releases it lists
     (`boundary.vintage_table` with the measured eps-bar);
@@ -57,7 +57,8 @@ def _range(xs) -> tuple[float | None, float | None]:
 
 
 def _table1_pairs(entries: list[Entry]) -> list[Entry]:
-    return [(p, s) for p, s in entries if p.kind == "post-trained" and p.base == "base"]
+    """Base -> post-trained pairs of registry families, and every explicit pair (a user's base -> fine-tune)."""
+    return [(p, s) for p, s in entries if p.kind == "given" or (p.kind == "post-trained" and p.base == "base")]
 
 
 def table1(entries: list[Entry], tau: tuple[float, float] | None = None):
