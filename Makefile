@@ -44,6 +44,7 @@ tiny-family: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/panel.py
 
 clean-runs:
 	rm -rf runs

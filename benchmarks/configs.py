@@ -33,6 +33,11 @@ CONFIGS: dict[str, dict] = {
         vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
         num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1_000_000.0,
         rms_norm_eps=1e-6, tie_word_embeddings=True, max_window_layers=36, use_sliding_window=False)),
+    # The panel benchmark's synthetic pairs (benchmarks/panel.py): Qwen2 layout, 8 layers, ~54 MB per checkpoint.
+    "panel-small": dict(repo=None, shards=1, config=dict(
+        vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+        num_key_value_heads=2, max_position_embeddings=512, rope_theta=10000.0, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, max_window_layers=8, use_sliding_window=False)),
     # Smoke configuration for tests/test_bench.py: same code path, 2 layers, sharded in 2 files.
     "tiny-qwen2": dict(repo=None, shards=2, config=dict(
         vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -18,7 +18,7 @@ class ScanMismatch(CheckpointError):
 def tied_embeddings(config) -> bool:
     """Whether a checkpoint ties lm_head to the embedding: from a `Checkpoint`, its config dict, or a
     `transformers` config (multimodal configs keep the flag in their text config)."""
-    if isinstance(config, Checkpoint):
+    if isinstance(config, Checkpoint) or isinstance(getattr(config, "config", None), dict):  # also HubHeaders
         config = config.config
     if not isinstance(config, dict):
         config = config.to_dict()

@@ -139,6 +139,7 @@ VARIANT_PAPER = {
     "table13": _opt({"eps_mean": float}),
     "section3_1": _opt({"identical_tensors": int, "n_tensors": int}),
     "appO": _opt({"bleu": float, "rougeL": float}),
+    "figure2": _opt({"delta_mmlu": float}),  # MMLU(instruct) - MMLU(base), points; the paper prints none per family
 }
 FAMILY_PAPER = {
     "table2_cross": _opt({"pair": str, "cos": float, "eps": float}),

@@ -146,7 +146,8 @@ CHECKS: dict[str, Callable[[str, Any], None]] = {
     "eval_sequences": _at_least(1), "n_sequences": _at_least(1), "n_calib": _at_least(2), "seq_len": _at_least(2),
     "cpu_threads": _at_least(0), "top_r": _at_least(1), "seed": _at_least(0),
     "device": _device, "dtype": _dtype, "corpus": _one_of(_corpora), "shared": _one_of(_shared_sets),
-    "quality_budget": _budget, "variants": _all(str), "blocks": _all(int),
+    "quality_budget": _budget, "variants": _all(str), "blocks": _all(int), "models": _all(str),
+    "n_workers": _at_least(0),
 }
 
 

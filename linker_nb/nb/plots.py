@@ -280,3 +280,37 @@ def side_by_side(cmp: dict, title: str = "") -> go.Figure:
 
 
 __all__ += ["side_by_side"]
+
+
+def depth_profiles(profiles: dict[str, dict], title: str = "", log_y: bool = True) -> go.Figure:
+    """Figure 1's layout: per-block ε(i) against relative depth (0: first block, 1: last), one line per pair,
+    every family overlaid (`panel_tables.depth_profiles`). Log scale by default: the paper's families span
+    ε̄ 0.006 (Mistral) to 0.156 (Llama-3.2-1B)."""
+    fig = go.Figure()
+    for j, (label, d) in enumerate(profiles.items()):
+        fig.add_trace(go.Scatter(x=d["depth"], y=d["eps"], mode="lines+markers", name=label,
+                                 line=dict(color=PALETTE[j % len(PALETTE)])))
+    fig.update_layout(title=title, xaxis_title="relative depth i / (n − 1)", yaxis_title="ε(i)", height=460,
+                      yaxis_type="log" if log_y else "linear", legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def gain_scatter(data: dict, title: str = "") -> go.Figure:
+    """Figure 2's layout: ε̄ per family against its capability gain (`panel_tables.figure2`), marker shape by
+    source (measured / transcribed), Pearson r in the title next to the paper's."""
+    fig = go.Figure()
+    for source, symbol in (("measured", "circle"), ("transcribed", "diamond-open")):
+        pts = [q for q in data["points"] if q["source"] == source]
+        if pts:
+            fig.add_trace(go.Scatter(x=[q["eps_mean"] for q in pts], y=[q["gain"] for q in pts], mode="markers+text",
+                                     text=[q["label"] for q in pts], textposition="top center", name=source,
+                                     marker=dict(symbol=symbol, size=10)))
+    r = data["pearson"]
+    note = (f"Pearson r = {r:.3f} (n = {data['n']})" if r is not None else f"r undefined (n = {data['n']})")
+    note += f"; paper r = {data['paper']['pearson']} (n = {data['paper']['n']})"
+    fig.update_layout(title=f"{title}<br><sub>{note}</sub>" if title else note, xaxis_title="ε̄ (base → instruct)",
+                      yaxis_title="capability gain (Δ MMLU, points)", height=420)
+    return fig
+
+
+__all__ += ["depth_profiles", "gain_scatter"]

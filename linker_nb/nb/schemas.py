@@ -20,7 +20,7 @@ from typing import Any
 from .params import Run
 
 __all__ = ["SCHEMA_VERSION", "granularity_gap", "boundary", "permutation", "interpolation", "linker_memory",
-           "spectral"]
+           "spectral", "panel", "panel_thresholds"]
 
 SCHEMA_VERSION = 1
 
@@ -142,3 +142,63 @@ def spectral(run: Run, res, abl: dict, ev, grad) -> dict[str, Any]:
         gradient_locality={"pearson": grad.pearson, "spearman": grad.spearman, "rel_grad": grad.rel_grad,
                            "one_minus_cos": grad.one_minus_cos, "loss": grad.loss},
         elapsed_s=res.elapsed_s)
+
+
+def panel_thresholds(run: Run) -> tuple[float, float] | None:
+    """07's eq. (3) thresholds: (tau_cos, tau_frob) when the notebook was given either, else None (each pair's
+    family's own, Table 8; `params.setup` fills unset ones from the `model` family, which would be wrong for
+    the other families of the panel)."""
+    return None if "tau_cos" in run.defaults and "tau_frob" in run.defaults else run.thresholds
+
+
+def _records(df) -> list[dict] | None:
+    return None if df is None else df.reset_index().to_dict("records")
+
+
+def panel(run: Run, result, entries: list, gains: dict | None = None) -> dict[str, Any]:
+    """07. Keys (besides the header, whose base/variant/references are null: a panel has many pairs):
+    models [registry keys covered, or null for explicit pairs]; scheduler (address), n_workers, store (directory),
+    wall_s; tau_cos, tau_frob (null: each family's own, Table 8); cos_min, eps_max (the region rule);
+    counts {scanned, stored, failed};
+    pairs [{label, family, base, variant, kind, default, base_ref, variant_ref, status ("scanned" | "stored":
+    found in the store | "failed"), key (store key), error, seconds, worker, base_fingerprint,
+    variant_fingerprint, n_blocks, mean_cos, mean_frob, region, tau_cos, tau_frob, n_shareable}];
+    failures [{label, base_ref, variant_ref, error}];
+    table1 [{pair, family, variant, blocks, cos min, cos max, ε min, ε max, cos mean, ε̄, shareable, paper blocks,
+    paper cos range, paper ε range, paper ε̄}] ordered by ε̄; figure1 {pair label: {depth [0..1], eps [block]}};
+    table2 [{pair, kind, mean cos, mean ε, region, paper cos, paper ε, paper region, shareable blocks}];
+    table10 [{older release, current release, paper ε̄ older, paper ε̄ current, paper tightening, tightening from
+    paper ε̄, measured ε̄ older, measured ε̄ current, measured tightening}] or null;
+    figure2 {points [{family, label, eps_mean, gain, source ("measured" | "transcribed")}], pearson, n,
+    paper {pearson, n}, without_gain [families]}.
+
+    Args:
+        result: `panel.run_panel(...)`'s `PanelRun`; entries: `panel_tables.load(result)`; gains: family key ->
+            measured capability gain (Figure 2).
+    """
+    from ..analyses import panel_tables as t
+    from ..analyses.boundary import ALIGNED_COS_MIN, ALIGNED_EPS_MAX, region
+    tau = panel_thresholds(run)
+    scans = {p.id: s for p, s in entries}
+    rows = []
+    for p, o in zip(result.pairs, result.outcomes):
+        s = scans.get(p.id)
+        tc, tf = t.thresholds(p, tau)
+        row = {**p.to_dict(), **{k: o.get(k) for k in ("status", "key", "error", "seconds", "worker",
+                                                       "base_fingerprint", "variant_fingerprint")},
+               "n_blocks": None, "mean_cos": None, "mean_frob": None, "region": None, "tau_cos": tc, "tau_frob": tf,
+               "n_shareable": None}
+        row.pop("paper")
+        if s is not None:
+            row.update(n_blocks=len(s.blocks), mean_cos=s.mean_cos, mean_frob=s.mean_frob,
+                       region=region(s.mean_cos, s.mean_frob), n_shareable=sum(s.share_mask(tc, tf)))
+        rows.append(row)
+    families = sorted({p.family for p in result.pairs if p.family}) or None
+    return _doc("07_panel", run, base=None, variant=None, references=None, models=families,
+                scheduler=result.scheduler, n_workers=result.n_workers, store=str(result.store.root),
+                wall_s=result.wall_s, tau_cos=tau[0] if tau else None, tau_frob=tau[1] if tau else None,
+                cos_min=ALIGNED_COS_MIN, eps_max=ALIGNED_EPS_MAX,
+                counts={k: len(result.status(k)) for k in ("scanned", "stored", "failed")}, pairs=rows,
+                failures=result.failures, table1=_records(t.table1(entries, tau)), figure1=t.depth_profiles(entries),
+                table2=_records(t.table2(entries, tau=tau)), table10=_records(t.table10(entries)),
+                figure2=t.figure2(entries, gains))
