@@ -17,8 +17,7 @@ from linker_nb.analyses import panel_tables as tables
 from linker_nb.analyses.panel_store import Store, entry_key
 from linker_nb.analyses.scan import scan
 from linker_nb.io import registry
-from linker_nb.io.checkpoint import Checkpoint, CheckpointNotFound
-from linker_nb.io.pairing import ScanMismatch
+from linker_nb.io.checkpoint import Checkpoint
 
 pytestmark = pytest.mark.timeout(180)
 

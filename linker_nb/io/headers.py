@@ -70,8 +70,8 @@ def _hub_headers(ref: str, revision: str | None) -> HubHeaders | None:
     """The Hub's header view of `ref`; None for a repository without safetensors (nothing to check cheaply)."""
     from huggingface_hub import get_safetensors_metadata, hf_hub_download
     from huggingface_hub.errors import NotASafetensorsRepoError
-    how = (f"Check the id, your access to it (gated repositories need `huggingface-cli login`), or download it "
-           f"where the Hub is reachable and pass the directory instead.")
+    how = ("Check the id, your access to it (gated repositories need `huggingface-cli login`), or download it "
+           "where the Hub is reachable and pass the directory instead.")
     try:
         meta = get_safetensors_metadata(ref, revision=revision)
     except NotASafetensorsRepoError:
