@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ..io.architectures import Role, block_count, layout
+from ..io.architectures import Part, Role, block_count, layout
 from ..io.models import torch_threads
 from ..io.pairing import pair_names
 from ..io.references import open_checkpoint
@@ -42,6 +42,7 @@ def scan(base, variant, *, progress: bool | None = None, hash_tensors: bool = Tr
     b_ck, v_ck = open_checkpoint(base), open_checkpoint(variant)
     triples, tied = pair_names(b_ck, v_ck)
     arch, roles = layout([t[0] for t in triples], b_ck.model_type)
+    dims = arch.dims(b_ck.config)
     total = sum(b_ck.info(nb).nbytes + v_ck.info(nv).nbytes for _, nb, nv in triples)
     if progress is None:
         progress = total > 256 * 2**20
@@ -60,28 +61,10 @@ def scan(base, variant, *, progress: bool | None = None, hash_tensors: bool = Tr
                 if k + 1 < len(triples):  # read one pair ahead
                     nxt = reader.submit(read_pair, b_ck, v_ck, triples[k + 1][1], triples[k + 1][2],
                                         hash_tensors)
-                s = tensor_stats(a, b, chunk, pool)
                 role: Role = roles[name]
-                note = []
-                if s["nonfinite"]:
-                    note.append(f"{s['nonfinite']} non-finite values")
-                if not s["nonfinite"] and (s["na2"] == 0 or s["nb2"] == 0):
-                    note.append("zero norm: cosine undefined"
-                                + ("" if s["na2"] else ", Frobenius ratio undefined"))
-                if nb != nv or nb != name:
-                    note.append(f"tied embedding compared as {nb if nb != name else nv}")
-                records.append(TensorRecord(
-                    name=name, group=role.group, block=role.block, sub=role.sub, kind=role.kind,
-                    shape=tuple(a.shape), dtype=str(b.dtype).replace("torch.", ""),
-                    nbytes=b.numel() * b.element_size(),
-                    cos=cosine(s), frob=rel_frob(s), sigma=shadow_sigma(s),
-                    base_norm=math.sqrt(s["na2"]) if math.isfinite(s["na2"]) else float("nan"),
-                    var_norm=math.sqrt(s["nb2"]) if math.isfinite(s["nb2"]) else float("nan"),
-                    diff_norm=math.sqrt(s["d2"]) if math.isfinite(s["d2"]) else float("nan"),
-                    l1=(s["l1a"], s["l1b"], s["l1d"]), nonfinite=s["nonfinite"],
-                    identical=((hb == hv and a.dtype == b.dtype) if hb
-                               else (s["d2"] == 0 and not s["nonfinite"])),
-                    base_hash=hb, var_hash=hv, note="; ".join(note)))
+                identical = (hb == hv and a.dtype == b.dtype) if hb else None
+                for part in arch.parts(role, tuple(a.shape), dims):
+                    records.append(_record(name, role, part, a, b, nb, nv, hb, hv, identical, chunk, pool))
                 bar.update(a.numel() * a.element_size() + b.numel() * b.element_size())
                 del a, b
     finally:
@@ -92,5 +75,36 @@ def scan(base, variant, *, progress: bool | None = None, hash_tensors: bool = Tr
     n_blocks = block_count(records)
     blocks = [BlockRecord.from_records(i, [r for r in records if r.block == i and r.group == "block"])
               for i in range(n_blocks)]
-    return ScanResult(base=b_ck.ref, variant=v_ck.ref, model_type=arch.name, tensors=records, blocks=blocks,
-                      tied_embeddings=tied, elapsed_s=time.perf_counter() - t0, bytes_read=total)
+    return ScanResult(base=b_ck.ref, variant=v_ck.ref, model_type=b_ck.model_type, tensors=records, blocks=blocks,
+                      tied_embeddings=tied, elapsed_s=time.perf_counter() - t0, bytes_read=total,
+                      architecture=arch.name)
+
+
+def _record(name: str, role: Role, part: Part, a: torch.Tensor, b: torch.Tensor, nb: str, nv: str, hb, hv,
+            identical: bool | None, chunk: int, pool) -> TensorRecord:
+    """The record of one measured piece (`Part`) of a tensor pair: the whole tensor, or one part of a fused
+    tensor (its name gets the part's "[q]" / "[gate]" suffix; its hash is the tensor's, suffixed likewise, so
+    dedup counts a part as identical exactly when its whole tensor is)."""
+    pa, pb = (a[part.index], b[part.index]) if part.index else (a, b)
+    s = tensor_stats(pa, pb, chunk, pool)
+    suffix = part.sub[len(role.sub):]
+    note = []
+    if s["nonfinite"]:
+        note.append(f"{s['nonfinite']} non-finite values")
+    if not s["nonfinite"] and (s["na2"] == 0 or s["nb2"] == 0):
+        note.append("zero norm: cosine undefined" + ("" if s["na2"] else ", Frobenius ratio undefined"))
+    if nb != nv or nb != name:
+        note.append(f"tied embedding compared as {nb if nb != name else nv}")
+    if role.group == "block" and role.kind == "unknown":
+        note.append("kind unknown to the architecture record: in the block mean, in no sub-mean")
+    return TensorRecord(
+        name=name + suffix, group=role.group, block=role.block, sub=part.sub, kind=part.kind,
+        shape=tuple(pa.shape), dtype=str(pb.dtype).replace("torch.", ""), nbytes=pb.numel() * pb.element_size(),
+        cos=cosine(s), frob=rel_frob(s), sigma=shadow_sigma(s),
+        base_norm=math.sqrt(s["na2"]) if math.isfinite(s["na2"]) else float("nan"),
+        var_norm=math.sqrt(s["nb2"]) if math.isfinite(s["nb2"]) else float("nan"),
+        diff_norm=math.sqrt(s["d2"]) if math.isfinite(s["d2"]) else float("nan"),
+        l1=(s["l1a"], s["l1b"], s["l1d"]), nonfinite=s["nonfinite"],
+        identical=bool(identical) or ((identical is None or bool(part.index)) and s["d2"] == 0 and not s["nonfinite"]),
+        base_hash=hb and hb + suffix, var_hash=hv and hv + suffix, note="; ".join(note),
+        role=part.role, expert=part.expert)
