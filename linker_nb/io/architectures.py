@@ -131,13 +131,16 @@ class Architecture:
         self.embed, self.final_norm = tuple(record["embed"]), tuple(record["final_norm"])
         self.lm_head, self.ignore = tuple(record["lm_head"]), tuple(record.get("ignore", ()))
         self.norm_type, self.norm_offset = record["norm_type"], float(record["norm_offset"])
-        self.config_keys: dict[str, str] = record["config"]
+        self.config_keys: dict[str, str | list[str]] = record["config"]
         self.tiny_config: dict | None = record.get("tiny_config")
         if self.norm_type not in ("rmsnorm", "layernorm", "unknown"):
             _fail(source, f"norm_type {self.norm_type!r} is not rmsnorm, layernorm or unknown")
-        bad = sorted(set(self.config_keys) - set(_DIM_KEYS))
+        bad = sorted(set(self.config_keys) - set(_DIM_KEYS)) + [
+            k for k, v in self.config_keys.items() if not (isinstance(v, str) or isinstance(v, list) and v
+                                                          and all(isinstance(x, str) for x in v))]
         if bad:
-            _fail(source, f"config has unknown keys {bad} (known: {list(_DIM_KEYS)})")
+            _fail(source, f"config has unknown keys or values that are not a key name / list of names: {bad} "
+                          f"(known: {list(_DIM_KEYS)})")
         self.entries = [self._entry(e, f"block[{i}]") for i, e in enumerate(record["block"])]
         self.module_entries = [self._entry(e, f"module[{i}]", module=True)
                                for i, e in enumerate(record.get("module", ()))]
@@ -266,12 +269,16 @@ class Architecture:
     def dims(self, config) -> Dims:
         """Head layout from a config: a dict, a `transformers` config or a `Checkpoint`'s config (the text config
         of a multimodal model). Missing KV heads default to the query heads, head_dim to hidden / heads."""
-        if hasattr(config, "to_dict"):
-            config = config.to_dict()
-        if isinstance(config.get("text_config"), dict):
+        if hasattr(config, "get_text_config"):
+            config = config.get_text_config()
+        if isinstance(config, dict) and isinstance(config.get("text_config"), dict):
             config = config["text_config"]
-        k = self.config_keys
-        get = lambda key: config.get(k[key]) if key in k else None  # noqa: E731
+        look = config.get if isinstance(config, dict) else lambda key: getattr(config, key, None)
+
+        def get(key):  # a record may list several config keys for one size (renamed across versions)
+            names = self.config_keys.get(key, ())
+            return next((v for v in (look(n) for n in ([names] if isinstance(names, str) else names))
+                         if v is not None), None)
         hidden, n_heads = get("hidden"), get("n_heads")
         return Dims(hidden=hidden, n_heads=n_heads, n_kv_heads=get("n_kv_heads") or n_heads,
                     head_dim=get("head_dim") or (hidden // n_heads if hidden and n_heads else None),
