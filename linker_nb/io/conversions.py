@@ -50,6 +50,15 @@ class Source:
         """The module parameter's value from `ck` (a `Checkpoint`), in the stored dtype."""
         return _combine([[ck.get(n) for n in group] for group in self.names], self.stacked, self.cat_dim)
 
+    def shape(self, ck) -> tuple[int, ...]:
+        """The module parameter's shape, from the checkpoint's headers (nothing is read)."""
+        shapes = [[tuple(ck.info(n).shape) for n in group] for group in self.names]
+        parts = [(len(g), *g[0]) if self.stacked else g[0] for g in shapes]
+        if len(parts) == 1:
+            return parts[0]
+        d = self.cat_dim
+        return (*parts[0][:d], sum(p[d] for p in parts), *parts[0][d + 1:])
+
     def nbytes(self, ck) -> int:
         return sum(ck.info(n).nbytes for n in self.flat)
 
@@ -113,9 +122,10 @@ def sources(arch: Architecture, module_names, ck, *, tied: bool = False) -> dict
             if role.group == "lm_head" and tied:
                 out[name] = None
                 continue
-        raise ConversionError(f"{ck.ref} has no tensor for the model parameter {name!r} ({role.group} "
-                              f"{role.sub!r}); {arch.source} maps module names to checkpoint names: check that "
-                              f"the checkpoint is of this architecture, or fix the record's `module` entries.")
+        raise ConversionError(f"model parameter {name!r} has no counterpart in the checkpoint {ck.ref} "
+                              f"({role.group} {role.sub!r}; {arch.source} maps module names to checkpoint names): "
+                              f"check that the checkpoint is of this architecture, or fix the record's `module` "
+                              f"entries.")
     return out
 
 
