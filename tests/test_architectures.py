@@ -26,6 +26,7 @@ from linker_nb.io import architectures as A
 from linker_nb.io.checkpoint import Checkpoint
 from linker_nb.io.models import decoder_layers, load_model
 from linker_nb.linker import alias, loader
+from linker_nb.nb import plots, schemas
 from linker_nb.testing import ARCH_FAMILIES, perturb_state, tiny_config
 
 MOE = ("mixtral", "qwen3_moe")
@@ -59,9 +60,16 @@ def test_scan_knows_every_tensor(tiny_pairs, family):
         t = res.expert_table("frob")
         assert t.shape == (3, 4) and (t > 0.005).all().all()
         assert res.router_table().shape == (3, 2)
+        fig = plots.expert_heatmap(t, router=res.router_table())
+        assert list(fig.data[0].x) == ["expert 0", "expert 1", "expert 2", "expert 3", "router"]
+        moe = schemas._moe(res)
+        assert moe["n_experts"] == 4 and len(moe["experts"]["frob"]) == 3 and len(moe["router"]) == 3
+        assert "every expert matrix" in moe["moe_aggregation"]
         assert all(blk.n_sub == 4 + 2 + 1 + 3 * 4 + 2 * (family == "qwen3_moe") for blk in res.blocks)
     else:
-        assert res.n_experts == 0 and res.expert_table().empty
+        assert res.n_experts == 0 and res.expert_table().empty and schemas._moe(res) == {}
+        with pytest.raises(ValueError, match="no experts to plot"):
+            plots.expert_heatmap(res.expert_table())
     if arch.name == "phi3":  # the fused projections measured as the parts the unfused families store
         shapes = {r.sub: r.shape for r in res.tensors if r.block == 0}
         assert shapes["self_attn.qkv_proj.weight[q]"] == (32, 32) and shapes["self_attn.qkv_proj.weight[k]"] == (16, 32)
