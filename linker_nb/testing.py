@@ -11,7 +11,7 @@ import torch
 
 from .io.architectures import get_architecture, supported
 
-__all__ = ["FAMILIES", "ARCH_FAMILIES", "COMMON", "tiny_config", "make_pair", "perturb_state"]
+__all__ = ["FAMILIES", "ARCH_FAMILIES", "COMMON", "tiny_config", "make_pair", "perturb_state", "write_gguf"]
 
 FAMILIES = ("llama", "mistral", "qwen2", "gemma2", "gemma3_text")  # the dense families of the paper's tables
 # the architecture tier: every record with a `tiny_config` recipe
@@ -90,3 +90,77 @@ def make_pair(root: str | Path, family: str = "llama", *, scale: float = 0.01, l
             model.save_pretrained(d, **kw)
         dirs.append(d)
     return dirs[0], dirs[1]
+
+
+def write_gguf(src: str | Path, out: str | Path, qtype: str = "F16") -> Path:
+    """Convert a safetensors checkpoint to GGUF the way llama.cpp's `convert_hf_to_gguf.py` does, at test scale.
+
+    Every tensor is renamed through the `gguf` package's `TensorNameMap`, widened to float32 (the converter's
+    first step for bf16), its q_proj/k_proj rows permuted (`LlamaModel.permute`) and its norms shifted (Gemma)
+    as `linker_nb.io.gguf.GGUF_ARCHITECTURES` records, then stored as `qtype` with the package's own quantizer.
+    Like the converter, 1-D tensors (norms, biases) stay F32, and a matrix whose rows do not fill whole
+    quantization blocks falls back to F16 (llama.cpp's choice too).
+
+    Args:
+        src: a checkpoint directory (config.json + safetensors).
+        out: the .gguf file to write.
+        qtype: a `gguf.GGMLQuantizationType` name: "F32", "F16", "BF16", "Q8_0", "Q4_0", ...
+
+    Returns:
+        `out`.
+    """
+    import gguf
+    from gguf.quants import quantize
+
+    from .io.checkpoint import Checkpoint
+    from .io.gguf import GGUF_ARCHITECTURES, permute_qk, permuted_heads
+    ck = Checkpoint(src)
+    cfg = ck.config
+    rec = GGUF_ARCHITECTURES[ck.model_type]
+    arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == rec.gguf)
+    tmap = gguf.get_tensor_name_map(arch, cfg["num_hidden_layers"])
+    target = gguf.GGMLQuantizationType[qtype]
+    n_head = cfg["num_attention_heads"]
+    n_kv = cfg.get("num_key_value_heads", n_head)
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
+    w = gguf.GGUFWriter(str(out), rec.gguf)
+    w.add_name(Path(src).name)
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_dimension_count(head_dim)
+    w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
+    w.add_rope_freq_base(float((cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 1e4))))
+    w.add_vocab_size(cfg["vocab_size"])
+    heads = permuted_heads(rec, cfg, ck.names)
+    for name in ck.names:
+        data = ck.get(name).float()
+        if name in heads:
+            data = permute_qk(data, heads[name])
+        if rec.norm_shift and name.endswith("norm.weight"):
+            data = data + rec.norm_shift
+        gname = tmap.get_name(name, try_suffixes=(".weight", ".bias"))
+        if gname is None and name == "lm_head.weight" and "lm_head" not in rec.non_block:
+            continue  # the converter drops Gemma's lm_head: llama.cpp always ties it
+        if gname is None:
+            raise ValueError(f"the gguf package maps no GGUF name to {name!r} ({ck.model_type})")
+        arr = data.numpy()
+        t = target
+        if arr.ndim == 1:
+            t = gguf.GGMLQuantizationType.F32
+        elif arr.shape[-1] % gguf.GGML_QUANT_SIZES[t][0]:
+            t = gguf.GGMLQuantizationType.F16
+        q = quantize(arr, t)
+        w.add_tensor(gname, q, raw_shape=q.shape if t.name in ("F32", "F16") else None,
+                     raw_dtype=None if t.name in ("F32", "F16") else t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    ck.close()
+    return Path(out)

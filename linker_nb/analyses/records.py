@@ -127,6 +127,9 @@ class ScanResult:
     tied_embeddings: bool
     elapsed_s: float
     bytes_read: int
+    # What "byte-identical" compares: the stored bytes of each side; for GGUF the quantized blocks (the metrics
+    # are computed on the dequantized float32 values).
+    identity_basis: str = "stored bytes"
     architecture: str = ""      # the record used ("generic" when the model type has none)
 
     # -- headline numbers --------------------------------------------------------------------------
@@ -136,7 +139,8 @@ class ScanResult:
 
     @property
     def n_identical(self) -> int:
-        """Tensors whose stored bytes are identical in both checkpoints (by content hash)."""
+        """Tensors whose stored bytes (and stored type) are identical in both checkpoints, by content hash; see
+        `identity_basis`."""
         return sum(r.identical for r in self.tensors)
 
     @property
@@ -241,7 +245,8 @@ class ScanResult:
                 "variant_bytes": self.variant_bytes, "mean_cos": self.mean_cos, "mean_frob": self.mean_frob,
                 "shadow_sigma": self.shadow_sigma, "tensor_mean_cos": tm["cos"], "tensor_mean_frob": tm["frob"],
                 "nonfinite_tensors": self.nonfinite_tensors, "undefined_tensors": self.undefined_tensors,
-                "tied_embeddings": self.tied_embeddings, "elapsed_s": self.elapsed_s,
+                "tied_embeddings": self.tied_embeddings, "identity_basis": self.identity_basis,
+                "elapsed_s": self.elapsed_s,
                 "bytes_read": self.bytes_read}
 
     def to_dict(self) -> dict:

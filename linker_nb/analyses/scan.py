@@ -28,7 +28,8 @@ def scan(base, variant, *, progress: bool | None = None, hash_tensors: bool = Tr
     Args:
         base, variant: `Checkpoint`s or references (`resolve` accepts directories and hub ids).
         progress: show a tqdm bar over bytes; default: when the pair is larger than 256 MiB.
-        hash_tensors: hash every tensor's bytes (identity count, dedup saving); done in the prefetch thread.
+        hash_tensors: hash every tensor's stored bytes (identity count, dedup saving; for GGUF the quantized
+            bytes, see `ScanResult.identity_basis`); done in the prefetch thread.
         chunk: float32 chunk size in elements (see `tensor_stats`).
         workers: threads computing the sums; default `torch.get_num_threads()`. Results do not depend on it.
 
@@ -62,10 +63,13 @@ def scan(base, variant, *, progress: bool | None = None, hash_tensors: bool = Tr
                     nxt = reader.submit(read_pair, b_ck, v_ck, triples[k + 1][1], triples[k + 1][2],
                                         hash_tensors)
                 role: Role = roles[name]
-                identical = (hb == hv and a.dtype == b.dtype) if hb else None
+                ib, iv = b_ck.info(nb), v_ck.info(nv)
+                identical = (hb == hv and ib.dtype == iv.dtype) if hb else None
+                stored = [f"{side}: {n}" for side, n in (("base", b_ck.note(nb)), ("variant", v_ck.note(nv))) if n]
                 for part in arch.parts(role, tuple(a.shape), dims):
-                    records.append(_record(name, role, part, a, b, nb, nv, hb, hv, identical, chunk, pool))
-                bar.update(a.numel() * a.element_size() + b.numel() * b.element_size())
+                    records.append(_record(name, role, part, a, b, nb, nv, (hb, hv), identical, iv, stored,
+                                           chunk, pool))
+                bar.update(ib.nbytes + iv.nbytes)
                 del a, b
     finally:
         bar.close()
@@ -75,16 +79,20 @@ def scan(base, variant, *, progress: bool | None = None, hash_tensors: bool = Tr
     n_blocks = block_count(records)
     blocks = [BlockRecord.from_records(i, [r for r in records if r.block == i and r.group == "block"])
               for i in range(n_blocks)]
+    basis = (b_ck.identity_basis if b_ck.identity_basis == v_ck.identity_basis
+             else f"base: {b_ck.identity_basis}; variant: {v_ck.identity_basis}")
     return ScanResult(base=b_ck.ref, variant=v_ck.ref, model_type=b_ck.model_type, tensors=records, blocks=blocks,
                       tied_embeddings=tied, elapsed_s=time.perf_counter() - t0, bytes_read=total,
-                      architecture=arch.name)
+                      architecture=arch.name, identity_basis=basis)
 
 
-def _record(name: str, role: Role, part: Part, a: torch.Tensor, b: torch.Tensor, nb: str, nv: str, hb, hv,
-            identical: bool | None, chunk: int, pool) -> TensorRecord:
+def _record(name: str, role: Role, part: Part, a: torch.Tensor, b: torch.Tensor, nb: str, nv: str, hashes,
+            identical: bool | None, iv, stored_notes: list[str], chunk: int, pool) -> TensorRecord:
     """The record of one measured piece (`Part`) of a tensor pair: the whole tensor, or one part of a fused
     tensor (its name gets the part's "[q]" / "[gate]" suffix; its hash is the tensor's, suffixed likewise, so
-    dedup counts a part as identical exactly when its whole tensor is)."""
+    dedup counts a part as identical exactly when its whole tensor is). Stored bytes (`iv`: the variant's
+    `TensorInfo`, quantized for GGUF) are shared out over the parts by element count."""
+    hb, hv = hashes
     pa, pb = (a[part.index], b[part.index]) if part.index else (a, b)
     s = tensor_stats(pa, pb, chunk, pool)
     suffix = part.sub[len(role.sub):]
@@ -97,9 +105,10 @@ def _record(name: str, role: Role, part: Part, a: torch.Tensor, b: torch.Tensor,
         note.append(f"tied embedding compared as {nb if nb != name else nv}")
     if role.group == "block" and role.kind == "unknown":
         note.append("kind unknown to the architecture record: in the block mean, in no sub-mean")
+    note += stored_notes
     return TensorRecord(
         name=name + suffix, group=role.group, block=role.block, sub=part.sub, kind=part.kind,
-        shape=tuple(pa.shape), dtype=str(pb.dtype).replace("torch.", ""), nbytes=pb.numel() * pb.element_size(),
+        shape=tuple(pa.shape), dtype=iv.dtype, nbytes=iv.nbytes * pb.numel() // max(b.numel(), 1),
         cos=cosine(s), frob=rel_frob(s), sigma=shadow_sigma(s),
         base_norm=math.sqrt(s["na2"]) if math.isfinite(s["na2"]) else float("nan"),
         var_norm=math.sqrt(s["nb2"]) if math.isfinite(s["nb2"]) else float("nan"),

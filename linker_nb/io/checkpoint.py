@@ -1,8 +1,9 @@
 """Find a checkpoint and read it one tensor at a time.
 
-A reference is a local directory, a Hugging Face cache snapshot, or a hub id. Weights are read lazily:
-safetensors through `safe_open` (memory-mapped, one tensor materialised per `get`), or, when a repository
-has no safetensors, `pytorch_model*.bin` through `torch.load(weights_only=True, mmap=True)`. Nothing here
+A reference is a local directory, a Hugging Face cache snapshot, a hub id, or a .gguf file. Weights are read
+lazily: safetensors through `safe_open` (memory-mapped, one tensor materialised per `get`), or, when a
+repository has no safetensors, `pytorch_model*.bin` through `torch.load(weights_only=True, mmap=True)`; a GGUF
+file through `linker_nb.io.gguf.GGUFCheckpoint` (a subclass `Checkpoint(path)` returns for one). Nothing here
 instantiates a model, so scanning two 8B checkpoints holds a few tensors in memory, not two models.
 """
 from __future__ import annotations
@@ -62,8 +63,17 @@ class Checkpoint:
     """Lazy, read-only view of one checkpoint's tensors.
 
     Use as a context manager, or call `close()`. `names` are in the file order of the index (stable), so two
-    checkpoints of one architecture are walked in the same order.
+    checkpoints of one architecture are walked in the same order. `Checkpoint(path)` on a .gguf file (or a
+    directory holding one and no safetensors/.bin) returns a `linker_nb.io.gguf.GGUFCheckpoint`, which keeps
+    this interface and overrides the hooks marked "format hook" below.
     """
+
+    def __new__(cls, path: str | os.PathLike, ref: str | None = None):
+        if cls is Checkpoint:
+            from .gguf import GGUFCheckpoint, gguf_file
+            if gguf_file(Path(path)) is not None:
+                return super().__new__(GGUFCheckpoint)
+        return super().__new__(cls)
 
     def __init__(self, path: str | os.PathLike, ref: str | None = None):
         self.path = Path(path)
@@ -184,6 +194,25 @@ class Checkpoint:
         except Exception as exc:
             raise CheckpointCorrupt(f"cannot read tensor {name!r} from {self.path / info.file}: {exc}. The "
                                     f"file is damaged or truncated; re-download {self.ref}.") from exc
+
+    # -- format hooks (GGUFCheckpoint overrides them) -----------------------------------------------
+    def stored(self, name: str, loaded: torch.Tensor):
+        """What the identity hash covers: the stored bytes of `name`, here the tensor `get` returned."""
+        return loaded
+
+    def note(self, name: str) -> str:
+        """A remark the scan records on `name` (e.g. that it was dequantized); empty here."""
+        return ""
+
+    @property
+    def identity_basis(self) -> str:
+        """What "byte-identical" compares for this checkpoint."""
+        return f"stored bytes ({self.format})"
+
+    @property
+    def model_types(self) -> set[str]:
+        """The model_types this checkpoint's layout stands for (pairing accepts a match on any)."""
+        return {self.model_type}
 
     def fingerprint(self) -> str:
         """Content fingerprint: file names, sizes, modification times and safetensors headers.

@@ -36,6 +36,8 @@ def pair_names(base: Checkpoint, var: Checkpoint) -> tuple[list[tuple[str, str, 
     """
     for key in ("model_type", "num_hidden_layers", "hidden_size"):
         vb, vv = base.config.get(key), var.config.get(key)
+        if key == "model_type" and (vb in var.model_types or vv in base.model_types):
+            continue  # e.g. a Mistral and its GGUF file, which llama.cpp labels "llama"
         if vb is not None and vv is not None and vb != vv:
             raise ScanMismatch(f"the checkpoints are of different architectures: {key} is {vb!r} in "
                                f"{base.ref} but {vv!r} in {var.ref}. Compare two checkpoints of one architecture.")

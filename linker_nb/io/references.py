@@ -1,4 +1,4 @@
-"""Turn a reference (local directory, Hugging Face cache snapshot, hub id) into a local checkpoint directory."""
+"""Turn a reference (local directory, .gguf file, Hugging Face cache snapshot, hub id) into a local checkpoint."""
 from __future__ import annotations
 
 import os
@@ -21,16 +21,16 @@ def _offline() -> bool:
 
 def resolve(ref: str | os.PathLike, *, revision: str | None = None,
             local_files_only: bool | None = None) -> Path:
-    """Turn a reference into a local directory holding config and weights.
+    """Turn a reference into a local directory holding config and weights, or a .gguf file.
 
     Args:
-        ref: a directory, or a hub id such as ``"Qwen/Qwen2.5-7B"`` (resolved from the local Hugging Face
-            cache first, then downloaded through `huggingface_hub`, weights and config only).
+        ref: a directory, a .gguf file (llama.cpp; see `linker_nb.io.gguf`), or a hub id such as
+            ``"Qwen/Qwen2.5-7B"`` (resolved from the local Hugging Face cache first, then downloaded through `huggingface_hub`, weights and config only).
         revision: hub revision (branch, tag or commit).
         local_files_only: never touch the network. Defaults to ``HF_HUB_OFFLINE``.
 
     Returns:
-        The directory.
+        The directory (or the .gguf file).
 
     Raises:
         CheckpointNotFound: the path does not exist, or the id is neither cached nor downloadable; the
@@ -40,11 +40,13 @@ def resolve(ref: str | os.PathLike, *, revision: str | None = None,
     path = Path(text).expanduser()
     if path.is_dir():
         return path
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return path
     if path.exists():
         raise CheckpointNotFound(f"{text!r} is a file; pass the checkpoint directory that contains it "
-                                 f"(with config.json): {path.parent}")
-    if text.startswith((".", "/", "~")) or not _HUB_ID.match(text):
-        raise CheckpointNotFound(f"no checkpoint directory at {text!r} (and it is not a hub id).")
+                                 f"(with config.json): {path.parent}, or a .gguf file")
+    if text.startswith((".", "/", "~")) or not _HUB_ID.match(text) or text.lower().endswith(".gguf"):
+        raise CheckpointNotFound(f"no checkpoint directory or .gguf file at {text!r} (and it is not a hub id).")
     offline = _offline() if local_files_only is None else local_files_only
     try:
         from huggingface_hub import snapshot_download

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import sys
 
+import numpy as np
 import torch
 import xxhash
 
@@ -15,10 +16,14 @@ from .checkpoint import Checkpoint
 __all__ = ["digest", "populate", "read_pair"]
 
 
-def digest(t: torch.Tensor) -> str:
-    """128-bit content hash of the stored bytes. xxh3 runs at tens of GB/s (blake2b at ~1 GB/s was the
-    scan's bottleneck); it identifies byte-identical tensors, it is not meant to resist forgery."""
-    raw = t.contiguous().reshape(-1).view(torch.uint8).numpy()
+def digest(t: torch.Tensor | np.ndarray) -> str:
+    """128-bit content hash of the stored bytes (a tensor, or a numpy view of a file's bytes). xxh3 runs at
+    tens of GB/s (blake2b at ~1 GB/s was the scan's bottleneck); it identifies byte-identical tensors, it is
+    not meant to resist forgery."""
+    if isinstance(t, np.ndarray):
+        raw = np.ascontiguousarray(t).reshape(-1).view(np.uint8)
+    else:
+        raw = t.contiguous().reshape(-1).view(torch.uint8).numpy()
     return xxhash.xxh3_128_hexdigest(memoryview(raw))
 
 
@@ -44,9 +49,14 @@ def populate(t: torch.Tensor) -> None:
 
 
 def read_pair(b_ck: Checkpoint, v_ck: Checkpoint, nb: str, nv: str, hash_tensors: bool):
-    """Prefetch step of `scan` (runs one tensor ahead, in a thread): read, map and hash one pair."""
+    """Prefetch step of `scan` (runs one tensor ahead, in a thread): read, map and hash one pair.
+
+    The hash covers what each checkpoint stores (`Checkpoint.stored`): for a quantized GGUF tensor the quantized
+    blocks, not the float32 values `get` dequantized them to."""
     a, b = b_ck.get(nb), v_ck.get(nv)
     populate(a)
     populate(b)
-    return a, b, (digest(a), digest(b)) if hash_tensors else (None, None)
+    if not hash_tensors:
+        return a, b, (None, None)
+    return a, b, (digest(b_ck.stored(nb, a)), digest(v_ck.stored(nv, b)))
 

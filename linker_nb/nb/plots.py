@@ -275,3 +275,30 @@ def lora_ratio_bars(ratios: dict, paper_mean: float | None = None, title: str = 
 
 
 __all__ += ["sv_ratio_spectra", "spectral_layers", "lora_ratio_bars"]
+
+
+def side_by_side(cmp: dict, title: str = "") -> go.Figure:
+    """Two pairs' ε(i) on one log axis (top) and their ratio per block (bottom; above 1: the first pair moves
+    the block more). Quantization error and post-training drift differ by orders of magnitude, hence the log.
+
+    Args:
+        cmp: `granularity.side_by_side(...)`.
+    """
+    la, lb = cmp["labels"]
+    idx = [r["index"] for r in cmp["blocks"]]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1, row_heights=[0.65, 0.35],
+                        subplot_titles=("relative Frobenius ε(i) per block (log)", f"ε ratio {la} / {lb}"))
+    for j, (key, label) in enumerate((("eps_a", la), ("eps_b", lb))):
+        fig.add_trace(go.Scatter(x=idx, y=[r[key] for r in cmp["blocks"]], mode="lines+markers", name=label,
+                                 line=dict(color=PALETTE[j])), row=1, col=1)
+    fig.add_trace(go.Bar(x=idx, y=[r["ratio"] for r in cmp["blocks"]], name="ratio", marker_color=PALETTE[2],
+                         showlegend=False), row=2, col=1)
+    fig.add_hline(y=1.0, line=dict(color="grey", dash="dash"), row=2, col=1)
+    fig.update_yaxes(type="log", row=1, col=1)
+    fig.update_yaxes(type="log", row=2, col=1)
+    fig.update_xaxes(title_text="block index i", row=2, col=1)
+    fig.update_layout(title=title, height=560, legend=dict(orientation="h", y=-0.15))
+    return fig
+
+
+__all__ += ["side_by_side"]

@@ -29,17 +29,20 @@ def _doc(study: str, run: Run, **keys: Any) -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "study": study, **run.header(), **keys}
 
 
-def granularity_gap(run: Run, result, gap: dict, stats: dict) -> dict[str, Any]:
+def granularity_gap(run: Run, result, gap: dict, stats: dict, comparison: dict | None = None) -> dict[str, Any]:
     """01. Keys: tau_cos, tau_frob; n_tensors, n_identical_tensors, dedup_bytes, variant_bytes, dedup_saving
     (tensor level, §3.1); n_blocks, n_shareable, mean_cos, mean_frob (eqs. 1-3, Table 1); shadow_sigma;
     tensor_mean {cos, frob, n} (modeldelta-style); aggregation (App. G/P: `granularity.aggregation_stats`);
     nonfinite_tensors, undefined_tensors; blocks [{index, cos, frob, cos_min, frob_max, shareable}];
-    scan_seconds, scan_bytes; architecture (the record used, "generic" for an unknown model type) and
-    unknown_kind_tensors (block tensors in no sub-mean); MoE only: n_experts, moe_aggregation (the rule, text),
-    experts {cos, frob} ([block][expert] per-expert means), router [{block, cos, frob}].
+    scan_seconds, scan_bytes; identity_basis (what byte-identical compares: for GGUF the quantized bytes);
+    comparison (`granularity.side_by_side`, when `compare_to` was given, else null); architecture (the record
+    used, "generic" for an unknown model type) and unknown_kind_tensors (block tensors in no sub-mean); MoE
+    only: n_experts, moe_aggregation (the rule, text), experts {cos, frob} ([block][expert] per-expert means),
+    router [{block, cos, frob}].
 
     Args:
-        result: the `ScanResult`; gap: `granularity.granularity_gap(...)`; stats: `aggregation_stats(result)`.
+        result: the `ScanResult`; gap: `granularity.granularity_gap(...)`; stats: `aggregation_stats(result)`;
+        comparison: `granularity.compare_with(...)` or None.
     """
     tau_cos, tau_frob = run.thresholds
     mask = result.share_mask(tau_cos, tau_frob)
@@ -51,7 +54,8 @@ def granularity_gap(run: Run, result, gap: dict, stats: dict) -> dict[str, Any]:
         nonfinite_tensors=result.nonfinite_tensors, undefined_tensors=result.undefined_tensors,
         blocks=[{"index": b.index, "cos": b.cos, "frob": b.frob, "cos_min": b.cos_min, "frob_max": b.frob_max,
                  "shareable": s} for b, s in zip(result.blocks, mask)],
-        scan_seconds=result.elapsed_s, scan_bytes=result.bytes_read, architecture=result.architecture,
+        scan_seconds=result.elapsed_s, scan_bytes=result.bytes_read, identity_basis=result.identity_basis,
+        comparison=comparison, architecture=result.architecture,
         unknown_kind_tensors=result.unknown_kind_tensors, **_moe(result))
 
 
