@@ -9,28 +9,42 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["FAMILIES", "tiny_config", "make_pair", "perturb_state", "write_gguf"]
+from .io.architectures import get_architecture, supported
 
-FAMILIES = ("llama", "mistral", "qwen2", "gemma2", "gemma3_text")
+__all__ = ["FAMILIES", "ARCH_FAMILIES", "COMMON", "tiny_config", "make_pair", "perturb_state", "write_gguf"]
+
+FAMILIES = ("llama", "mistral", "qwen2", "gemma2", "gemma3_text")  # the dense families of the paper's tables
+# the architecture tier: every record with a `tiny_config` recipe
+ARCH_FAMILIES = tuple(a for a in supported() if get_architecture(a).tiny_config)
+# Sizes every recipe starts from (grouped-query attention: 4 query heads, 2 KV heads of head_dim 8); a record's
+# `tiny_config.args` add to or override them, and `"common": false` starts from nothing (GPT-2's own key names).
+COMMON = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+              head_dim=8, max_position_embeddings=64)
 
 
 def tiny_config(family: str, *, layers: int = 3, tied: bool = False):
-    """A small config of `family` with grouped-query attention (4 query heads, 2 KV heads, head_dim 8)."""
+    """A small `transformers` config of `family`, from the `tiny_config` recipe of its architecture record.
+
+    Raises:
+        ValueError: the family has no record or no recipe.
+    """
     import transformers as tf
-    common = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
-                  tie_word_embeddings=tied)
-    if family == "llama":
-        return tf.LlamaConfig(**common)
-    if family == "mistral":
-        return tf.MistralConfig(**common, sliding_window=None)
-    if family == "qwen2":
-        return tf.Qwen2Config(**common, use_sliding_window=False)
-    if family == "gemma2":
-        return tf.Gemma2Config(**common, query_pre_attn_scalar=8, sliding_window=16)
-    if family == "gemma3_text":
-        return tf.Gemma3TextConfig(**common, query_pre_attn_scalar=8, sliding_window=16)
-    raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
+    arch = get_architecture(family, [])
+    recipe = arch.tiny_config
+    if arch.is_generic or recipe is None:
+        raise ValueError(f"unknown family {family!r}: no architecture record with a tiny_config recipe; known: "
+                         f"{', '.join(a for a in supported() if get_architecture(a).tiny_config)}")
+    keys = arch.config_keys
+    text = dict(COMMON) if recipe.get("common", True) else {}
+    text.update({keys["n_layers"]: layers, keys["tied"]: tied})
+    args = dict(recipe.get("args", {}))
+    if "common_in" in recipe:  # multimodal: the language model's sizes go into its nested config
+        args[recipe["common_in"]] = text | recipe.get("text_args", {})
+        args.update(recipe.get("nested", {}))
+        args[keys["tied"]] = tied
+    else:
+        args = text | args
+    return getattr(tf, recipe["class"])(**args)
 
 
 def perturb_state(state: dict[str, torch.Tensor], scale: float, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -67,8 +81,9 @@ def make_pair(root: str | Path, family: str = "llama", *, scale: float = 0.01, l
             d.mkdir(parents=True, exist_ok=True)
             model.config.save_pretrained(d)
             sd = {k: v.clone() for k, v in model.state_dict().items()}
-            if tied:
-                sd.pop("lm_head.weight", None)
+            if tied:  # a tied checkpoint stores no lm_head
+                arch = get_architecture(model.config.model_type, list(sd))
+                sd = {k: v for k, v in sd.items() if arch.classify(k).group != "lm_head"}
             torch.save(sd, d / "pytorch_model.bin")
         else:
             kw = {"max_shard_size": shard} if shard else {}

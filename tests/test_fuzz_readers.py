@@ -348,7 +348,8 @@ def test_share_plan_cache_mutations(tmp_path):
                 b[rng.choice(list(b))] = rng.choice(WEIRD + [float("nan")])
             else:
                 p["tau_cos"] = rng.choice([0.5, 1.0, float("inf")])
-            yield f"plan {how}", json.dumps(p).encode()
+            if p != json.loads(text):  # a no-op mutation (None over None) is not one
+                yield f"plan {how}", json.dumps(p).encode()
 
     cases = list(mutations())
     escaped, reused = [], 0

@@ -189,7 +189,7 @@ def test_missing_block_in_base_names_the_parameter(tiny_pairs):
     b2, _ = tiny_pairs("llama", layers=2)
     _, v3 = tiny_pairs("llama")
     model = load_model(v3, device="cpu", dtype="float32")
-    with pytest.raises(I.InterpolationError, match=r"'model\.layers\.2\.[^']+' has no counterpart in the base"):
+    with pytest.raises(I.InterpolationError, match=r"'model\.layers\.2\.[^']+' has no counterpart in the checkpoint"):
         I.WeightPath(model, b2)
 
 

@@ -140,8 +140,7 @@ def test_controls_preserve_function_and_drop_similarity(family):
 def test_the_oracle_catches_wrong_transformations(family):
     """Each naive variant of a control breaks the function by far more than the tolerance."""
     b, _ = _block_pair(family)
-    a = b.arch
-    q, k, v, _o = a.attn_proj
+    q, k, v, norm = "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "input_layernorm"
     hd = b.config.head_dim
     wrong = {}
     w = dict(b.weights)  # permute KV heads without carrying their query heads
@@ -155,7 +154,7 @@ def test_the_oracle_catches_wrong_transformations(family):
     wrong["within-head dims (RoPE)"] = w
     w = dict(b.weights)  # rescale w itself, ignoring the (1 + w) convention
     c = torch.linspace(0.5, 2.0, b.config.hidden_size)
-    w[f"{a.attn_norm}.weight"] = w[f"{a.attn_norm}.weight"] * c if a.norm_offset else w[f"{a.attn_norm}.weight"] * c * c
+    w[f"{norm}.weight"] = w[f"{norm}.weight"] * c if b.arch.norm_offset else w[f"{norm}.weight"] * c * c
     for p in (q, k, v):
         w[f"{p}.weight"] = w[f"{p}.weight"] / c
     wrong["norm scale"] = w

@@ -3,9 +3,9 @@ Appendix G / P aggregation statistics, and the blocks x sub-parameters breakdown
 from __future__ import annotations
 
 from ..io.registry import Variant
-from .records import ScanResult, mean_defined
+from .records import AGGREGATION, ScanResult, mean_defined
 
-__all__ = ["granularity_gap", "aggregation_stats", "subparam_matrix", "paper_vs_measured", "side_by_side",
+__all__ = ["architecture_note", "granularity_gap", "aggregation_stats", "subparam_matrix", "paper_vs_measured", "side_by_side",
            "compare_with"]
 
 
@@ -137,3 +137,19 @@ def compare_with(result: ScanResult, other_variant: str, progress: bool | None =
     if labels[0] == labels[1]:
         labels = (str(result.variant), str(other_variant))
     return side_by_side(result, other, labels=labels)
+
+
+def architecture_note(result: ScanResult) -> str:
+    """What the scan knew about the layout: the record used, the tensors of unknown kind (in the block means,
+    in no sub-mean), and for MoE how the experts are aggregated (`records.AGGREGATION`)."""
+    out = [f"architecture: {result.architecture} (model_type {result.model_type})."]
+    unknown = result.unknown_kind_tensors
+    if unknown:
+        out.append(f"{len(unknown)} block tensor(s) of unknown kind are in the block means but in no attention / "
+                   f"MLP sub-mean: {', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}. Add "
+                   f"linker_nb/_data/architectures/{result.model_type}.json to classify them.")
+    else:
+        out.append("Every block tensor has a known kind.")
+    if result.n_experts:
+        out.append(f"{result.n_experts} experts per MoE block. {AGGREGATION}")
+    return " ".join(out)

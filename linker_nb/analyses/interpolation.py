@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..io.architectures import layout
+from ..io.architectures import get_architecture
+from ..io.conversions import ConversionError, Source, sources
 from ..io.models import decoder_layers, restoring
 from ..io.references import open_checkpoint
 
@@ -59,14 +60,6 @@ def check_alphas(alphas) -> list[float]:
     return a
 
 
-def _key(role) -> tuple:
-    # Blocks match by (index, sub-name); non-block tensors by group and the last two name parts, so prefixes that
-    # differ between a checkpoint and the loaded module ("model.language_model." vs "model.") still pair up.
-    if role.group == "block":
-        return ("block", role.block, role.sub)
-    return (role.group, ".".join(role.sub.split(".")[-2:]))
-
-
 class WeightPath:
     """In-place interpolation of a loaded variant model towards a base checkpoint.
 
@@ -88,25 +81,21 @@ class WeightPath:
         self.ckpt = open_checkpoint(base_ref)
         self.params = dict(model.named_parameters())     # tied weights appear once, under the embedding's name
         model_type = getattr(model.config, "model_type", None) or self.ckpt.model_type
-        _, model_roles = layout(list(self.params), model_type)
-        _, ck_roles = layout(self.ckpt.names, self.ckpt.model_type)
-        by_key = {_key(r): n for n, r in ck_roles.items()}
-        self.source: dict[str, str] = {}
+        arch = get_architecture(model_type, list(self.params))
+        try:  # module name -> checkpoint tensor(s), through the record's v5 conversions (fused MoE experts)
+            self.source: dict[str, Source] = sources(arch, list(self.params), self.ckpt)
+        except ConversionError as exc:
+            raise InterpolationError(f"{exc} Base and variant must share an architecture: check the `base` "
+                                     f"reference.") from exc
         self.blocks: dict[int, list[str]] = {}
         self.non_block: list[str] = []
-        for name, role in model_roles.items():
-            src = by_key.get(_key(role))
-            if src is None:
-                raise InterpolationError(
-                    f"model parameter {name!r} has no counterpart in the base checkpoint {self.ckpt.path} "
-                    f"(its {role.group} tensors: {[n for n, r in ck_roles.items() if r.group == role.group][:4]}); "
-                    f"base and variant must share an architecture: check the `base` reference.")
-            shape = tuple(self.ckpt.info(src).shape)
+        for name, src in self.source.items():
+            shape = src.shape(self.ckpt)
             if shape != tuple(self.params[name].shape):
                 raise InterpolationError(
-                    f"shape mismatch for {name!r}: model {tuple(self.params[name].shape)} vs base {src!r} {shape} "
-                    f"in {self.ckpt.path}; a path needs the same architecture and sizes on both ends.")
-            self.source[name] = src
+                    f"shape mismatch for {name!r}: model {tuple(self.params[name].shape)} vs base {src.flat[0]!r} "
+                    f"{shape} in {self.ckpt.path}; a path needs the same architecture and sizes on both ends.")
+            role = arch.classify(name)
             if role.group == "block":
                 self.blocks.setdefault(role.block, []).append(name)
             else:
@@ -128,7 +117,7 @@ class WeightPath:
         return [n for i in idx for n in self.blocks[i]] + (list(self.non_block) if non_block else [])
 
     def _base(self, name: str, device) -> torch.Tensor:
-        return self.ckpt.get(self.source[name]).to(device=device, dtype=torch.float32)
+        return self.source[name].read(self.ckpt).to(device=device, dtype=torch.float32)
 
     @contextlib.contextmanager
     def hold(self, names: list[str]):

@@ -3,6 +3,14 @@
 Per block i (paper eqs. 1-2): the mean over its K sub-parameters of cosine and of the relative Frobenius
 distance epsilon, plus the min-cosine and max-over-K epsilon of Appendices G/P. Eq. (3) is
 `BlockRecord.shareable`; `share_mask` applies it to a list of blocks, and every other place asks it.
+
+What a sub-parameter is comes from the architecture record (`io.architectures`): a stored tensor, or one part of
+a fused tensor (Phi-3's qkv_proj counts as q, k and v; gate_up_proj as gate and up), so K and the sub-means
+match the unfused families. MoE aggregation (`AGGREGATION`): every expert matrix is a sub-parameter of its
+block, like any other matrix, and so is the router; the MLP sub-mean is the mean over all expert (and shared
+expert) matrices, the router has its own (`router_cos`, `router_frob`), and `ScanResult.expert_table` gives
+the per-expert means. Block tensors the record does not know enter the block mean but no sub-mean, and are
+listed (`BlockRecord.unknown`, `ScanResult.unknown_kind_tensors`).
 """
 from __future__ import annotations
 
@@ -10,7 +18,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
-__all__ = ["TensorRecord", "BlockRecord", "ScanResult", "mean_defined", "share_mask"]
+from ..io.architectures import MLP_KINDS
+
+__all__ = ["TensorRecord", "BlockRecord", "ScanResult", "mean_defined", "share_mask", "AGGREGATION"]
+
+AGGREGATION = ("MoE blocks: every expert matrix (gate, up, down of each expert) and the router are sub-parameters "
+               "of the block, so a block's mean cos / eps (eqs. 1-2) averages over attention, norms, router and all "
+               "expert matrices alike; the MLP sub-mean is the mean over the expert matrices (each expert weighs "
+               "the same); the router has its own sub-mean; per-expert means are in the blocks x experts table.")
 
 
 @dataclass
@@ -36,6 +51,8 @@ class TensorRecord:
     base_hash: str | None
     var_hash: str | None
     note: str = ""
+    role: str = ""              # the record's role ("q", "gate", "router", ...); "" when unknown
+    expert: int | None = None   # expert index of an expert matrix
 
     @property
     def numel(self) -> int:
@@ -64,6 +81,10 @@ class BlockRecord:
     sigma: float | None
     nonfinite: list[str] = field(default_factory=list)
     undefined: list[str] = field(default_factory=list)  # zero-norm sub-parameters (cosine undefined)
+    router_cos: float | None = None
+    router_frob: float | None = None
+    n_experts: int = 0
+    unknown: list[str] = field(default_factory=list)    # sub-parameters of unknown kind: in no sub-mean
 
     def shareable(self, tau_cos: float, tau_frob: float) -> bool:
         """Eq. (3). A block with non-finite weights, or an undefined metric on a sub-parameter that is not
@@ -74,8 +95,8 @@ class BlockRecord:
 
     @classmethod
     def from_records(cls, index: int, recs: list[TensorRecord]) -> "BlockRecord":
-        def by(kind):
-            return [r for r in recs if r.kind == kind]
+        def by(*kinds):
+            return [r for r in recs if r.kind in kinds]
         l1 = [sum(r.l1[j] for r in recs if not r.nonfinite) for j in range(3)]
         return cls(
             index=index, n_sub=len(recs),
@@ -83,11 +104,15 @@ class BlockRecord:
             cos_min=min((r.cos for r in recs if r.cos is not None), default=None),
             frob_max=max((r.frob for r in recs if r.frob is not None), default=None),
             attn_cos=mean_defined(r.cos for r in by("attn")), attn_frob=mean_defined(r.frob for r in by("attn")),
-            mlp_cos=mean_defined(r.cos for r in by("mlp")), mlp_frob=mean_defined(r.frob for r in by("mlp")),
+            mlp_cos=mean_defined(r.cos for r in by(*MLP_KINDS)), mlp_frob=mean_defined(r.frob for r in by(*MLP_KINDS)),
             sigma=l1[2] / (l1[0] + l1[1]) if (l1[0] + l1[1]) > 0 else None,
             nonfinite=[r.sub for r in recs if r.nonfinite],
             undefined=[r.sub for r in recs if not r.nonfinite and (r.cos is None or r.frob is None)
                        and not r.identical],
+            router_cos=mean_defined(r.cos for r in by("router")),
+            router_frob=mean_defined(r.frob for r in by("router")),
+            n_experts=len({r.expert for r in recs if r.expert is not None}),
+            unknown=[r.sub for r in recs if r.kind == "unknown"],
         )
 
 
@@ -105,6 +130,7 @@ class ScanResult:
     # What "byte-identical" compares: the stored bytes of each side; for GGUF the quantized blocks (the metrics
     # are computed on the dequantized float32 values).
     identity_basis: str = "stored bytes"
+    architecture: str = ""      # the record used ("generic" when the model type has none)
 
     # -- headline numbers --------------------------------------------------------------------------
     @property
@@ -158,6 +184,32 @@ class ScanResult:
     def undefined_tensors(self) -> list[str]:
         return [r.name for r in self.tensors if not r.nonfinite and (r.cos is None or r.frob is None)]
 
+    @property
+    def unknown_kind_tensors(self) -> list[str]:
+        """Block tensors whose kind the architecture record does not know: in the block means, in no sub-mean."""
+        return [r.name for r in self.tensors if r.group == "block" and r.kind == "unknown"]
+
+    @property
+    def n_experts(self) -> int:
+        return max((b.n_experts for b in self.blocks), default=0)
+
+    def expert_table(self, metric: str = "frob"):
+        """Blocks x experts table (pandas DataFrame) of the mean over each expert's matrices of "cos" or "frob";
+        empty for a dense model."""
+        import pandas as pd
+        rows = [{"block": r.block, "expert": r.expert, metric: getattr(r, metric)} for r in self.tensors
+                if r.group == "block" and r.expert is not None]
+        if not rows:
+            return pd.DataFrame()
+        return pd.DataFrame(rows).groupby(["block", "expert"])[metric].mean().unstack("expert")
+
+    def router_table(self):
+        """Per block: the router's cosine and relative Frobenius distance (pandas DataFrame; empty if dense)."""
+        import pandas as pd
+        rows = [{"block": b.index, "router_cos": b.router_cos, "router_frob": b.router_frob} for b in self.blocks
+                if b.router_cos is not None or b.router_frob is not None]
+        return pd.DataFrame(rows).set_index("block") if rows else pd.DataFrame()
+
     def non_block(self) -> list[TensorRecord]:
         return [r for r in self.tensors if r.group != "block"]
 
@@ -168,8 +220,11 @@ class ScanResult:
     def block_table(self, tau_cos: float | None = None, tau_frob: float | None = None):
         """Per-block pandas DataFrame (one row per block); adds `shareable` when thresholds are given."""
         import pandas as pd
-        df = pd.DataFrame([{k: v for k, v in asdict(b).items() if k not in ("nonfinite", "undefined")}
-                           | {"flags": ", ".join(b.nonfinite + b.undefined)} for b in self.blocks])
+        drop = ("nonfinite", "undefined", "unknown") + (() if self.n_experts else ("router_cos", "router_frob",
+                                                                                   "n_experts"))
+        df = pd.DataFrame([{k: v for k, v in asdict(b).items() if k not in drop}
+                           | {"flags": ", ".join(b.nonfinite + b.undefined + [f"unknown kind: {u}" for u in b.unknown])}
+                           for b in self.blocks])
         if tau_cos is not None and tau_frob is not None:
             df["shareable"] = self.share_mask(tau_cos, tau_frob)
         return df.set_index("index")
@@ -183,6 +238,8 @@ class ScanResult:
     def summary(self) -> dict:
         tm = self.tensor_mean()
         return {"base": self.base, "variant": self.variant, "model_type": self.model_type,
+                "architecture": self.architecture, "unknown_kind_tensors": self.unknown_kind_tensors,
+                "n_experts": self.n_experts,
                 "n_blocks": len(self.blocks), "n_tensors": self.n_tensors,
                 "n_identical_tensors": self.n_identical, "dedup_bytes": self.dedup_bytes,
                 "variant_bytes": self.variant_bytes, "mean_cos": self.mean_cos, "mean_frob": self.mean_frob,

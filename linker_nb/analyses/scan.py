@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ..io.architectures import Role, block_count, layout
+from ..io.architectures import Part, Role, block_count, layout
 from ..io.models import torch_threads
 from ..io.pairing import pair_names
 from ..io.references import open_checkpoint
@@ -43,6 +43,7 @@ def scan(base, variant, *, progress: bool | None = None, hash_tensors: bool = Tr
     b_ck, v_ck = open_checkpoint(base), open_checkpoint(variant)
     triples, tied = pair_names(b_ck, v_ck)
     arch, roles = layout([t[0] for t in triples], b_ck.model_type)
+    dims = arch.dims(b_ck.config)
     total = sum(b_ck.info(nb).nbytes + v_ck.info(nv).nbytes for _, nb, nv in triples)
     if progress is None:
         progress = total > 256 * 2**20
@@ -61,29 +62,13 @@ def scan(base, variant, *, progress: bool | None = None, hash_tensors: bool = Tr
                 if k + 1 < len(triples):  # read one pair ahead
                     nxt = reader.submit(read_pair, b_ck, v_ck, triples[k + 1][1], triples[k + 1][2],
                                         hash_tensors)
-                s = tensor_stats(a, b, chunk, pool)
                 role: Role = roles[name]
-                note = []
-                if s["nonfinite"]:
-                    note.append(f"{s['nonfinite']} non-finite values")
-                if not s["nonfinite"] and (s["na2"] == 0 or s["nb2"] == 0):
-                    note.append("zero norm: cosine undefined"
-                                + ("" if s["na2"] else ", Frobenius ratio undefined"))
-                if nb != nv or nb != name:
-                    note.append(f"tied embedding compared as {nb if nb != name else nv}")
                 ib, iv = b_ck.info(nb), v_ck.info(nv)
-                note += [f"{side}: {n}" for side, n in (("base", b_ck.note(nb)), ("variant", v_ck.note(nv))) if n]
-                records.append(TensorRecord(
-                    name=name, group=role.group, block=role.block, sub=role.sub, kind=role.kind,
-                    shape=tuple(a.shape), dtype=iv.dtype, nbytes=iv.nbytes,
-                    cos=cosine(s), frob=rel_frob(s), sigma=shadow_sigma(s),
-                    base_norm=math.sqrt(s["na2"]) if math.isfinite(s["na2"]) else float("nan"),
-                    var_norm=math.sqrt(s["nb2"]) if math.isfinite(s["nb2"]) else float("nan"),
-                    diff_norm=math.sqrt(s["d2"]) if math.isfinite(s["d2"]) else float("nan"),
-                    l1=(s["l1a"], s["l1b"], s["l1d"]), nonfinite=s["nonfinite"],
-                    identical=((hb == hv and ib.dtype == iv.dtype) if hb
-                               else (s["d2"] == 0 and not s["nonfinite"])),
-                    base_hash=hb, var_hash=hv, note="; ".join(note)))
+                identical = (hb == hv and ib.dtype == iv.dtype) if hb else None
+                stored = [f"{side}: {n}" for side, n in (("base", b_ck.note(nb)), ("variant", v_ck.note(nv))) if n]
+                for part in arch.parts(role, tuple(a.shape), dims):
+                    records.append(_record(name, role, part, a, b, nb, nv, (hb, hv), identical, iv, stored,
+                                           chunk, pool))
                 bar.update(ib.nbytes + iv.nbytes)
                 del a, b
     finally:
@@ -96,6 +81,39 @@ def scan(base, variant, *, progress: bool | None = None, hash_tensors: bool = Tr
               for i in range(n_blocks)]
     basis = (b_ck.identity_basis if b_ck.identity_basis == v_ck.identity_basis
              else f"base: {b_ck.identity_basis}; variant: {v_ck.identity_basis}")
-    return ScanResult(base=b_ck.ref, variant=v_ck.ref, model_type=arch.name, tensors=records, blocks=blocks,
+    return ScanResult(base=b_ck.ref, variant=v_ck.ref, model_type=b_ck.model_type, tensors=records, blocks=blocks,
                       tied_embeddings=tied, elapsed_s=time.perf_counter() - t0, bytes_read=total,
-                      identity_basis=basis)
+                      architecture=arch.name, identity_basis=basis)
+
+
+def _record(name: str, role: Role, part: Part, a: torch.Tensor, b: torch.Tensor, nb: str, nv: str, hashes,
+            identical: bool | None, iv, stored_notes: list[str], chunk: int, pool) -> TensorRecord:
+    """The record of one measured piece (`Part`) of a tensor pair: the whole tensor, or one part of a fused
+    tensor (its name gets the part's "[q]" / "[gate]" suffix; its hash is the tensor's, suffixed likewise, so
+    dedup counts a part as identical exactly when its whole tensor is). Stored bytes (`iv`: the variant's
+    `TensorInfo`, quantized for GGUF) are shared out over the parts by element count."""
+    hb, hv = hashes
+    pa, pb = (a[part.index], b[part.index]) if part.index else (a, b)
+    s = tensor_stats(pa, pb, chunk, pool)
+    suffix = part.sub[len(role.sub):]
+    note = []
+    if s["nonfinite"]:
+        note.append(f"{s['nonfinite']} non-finite values")
+    if not s["nonfinite"] and (s["na2"] == 0 or s["nb2"] == 0):
+        note.append("zero norm: cosine undefined" + ("" if s["na2"] else ", Frobenius ratio undefined"))
+    if nb != nv or nb != name:
+        note.append(f"tied embedding compared as {nb if nb != name else nv}")
+    if role.group == "block" and role.kind == "unknown":
+        note.append("kind unknown to the architecture record: in the block mean, in no sub-mean")
+    note += stored_notes
+    return TensorRecord(
+        name=name + suffix, group=role.group, block=role.block, sub=part.sub, kind=part.kind,
+        shape=tuple(pa.shape), dtype=iv.dtype, nbytes=iv.nbytes * pb.numel() // max(b.numel(), 1),
+        cos=cosine(s), frob=rel_frob(s), sigma=shadow_sigma(s),
+        base_norm=math.sqrt(s["na2"]) if math.isfinite(s["na2"]) else float("nan"),
+        var_norm=math.sqrt(s["nb2"]) if math.isfinite(s["nb2"]) else float("nan"),
+        diff_norm=math.sqrt(s["d2"]) if math.isfinite(s["d2"]) else float("nan"),
+        l1=(s["l1a"], s["l1b"], s["l1d"]), nonfinite=s["nonfinite"],
+        identical=bool(identical) or ((identical is None or bool(part.index)) and s["d2"] == 0 and not s["nonfinite"]),
+        base_hash=hb and hb + suffix, var_hash=hv and hv + suffix, note="; ".join(note),
+        role=part.role, expert=part.expert)

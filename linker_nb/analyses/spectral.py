@@ -39,7 +39,8 @@ from typing import Sequence
 
 import torch
 
-from ..io.architectures import block_count, layout
+from ..io.architectures import block_count, get_architecture, layout
+from ..io.conversions import ConversionError, sources
 from ..io.models import decoder_layers, restoring, torch_threads
 from ..io.pairing import pair_names
 from ..io.references import open_checkpoint
@@ -336,25 +337,29 @@ def spectral_scan(base, variant, *, blocks: Sequence[int] | None = None, top_r: 
     check_params(top_r, lora_tol, erank_gamma)
     b_ck, v_ck = open_checkpoint(base), open_checkpoint(variant)
     triples, _ = pair_names(b_ck, v_ck)
-    _, roles = layout([t[0] for t in triples], b_ck.model_type)
+    arch, roles = layout([t[0] for t in triples], b_ck.model_type)
+    dims = arch.dims(b_ck.config)
     n_blocks = block_count(roles.values())
     chosen = check_blocks(blocks, n_blocks)
-    todo = [(n, nb, nv) for n, nb, nv in triples if roles[n].group == "block" and roles[n].block in chosen
-            and len(b_ck.info(nb).shape) == 2]
+    # (name, base name, variant name, part): fused tensors are compared part by part (Phi-3's qkv_proj as q, k, v)
+    todo = [(n, nb, nv, part) for n, nb, nv in triples if roles[n].group == "block" and roles[n].block in chosen
+            and len(b_ck.info(nb).shape) == 2 for part in arch.parts(roles[n], tuple(b_ck.info(nb).shape), dims)]
     if progress is None:
-        progress = any(min(b_ck.info(nb).shape) > EXACT_MAX_DIM for _, nb, _ in todo)
+        progress = any(min(b_ck.info(nb).shape) > EXACT_MAX_DIM for _, nb, _, _ in todo)
     from tqdm.auto import tqdm
     t0 = time.perf_counter()
     out = []
     # Small SVDs gain nothing from an OpenMP team, and on a loaded machine its spin-waits made them ~10x slower
     # (tiny family: 7 s -> 0.4 s for 56 matrices); large ones keep torch's thread count.
-    with torch_threads(1 if all(min(b_ck.info(nb).shape) <= SMALL_DIM for _, nb, _ in todo) else None):
-        for name, nb, nv in tqdm(todo, desc="spectral", disable=not progress):
-            role = roles[name]
-            c = compare_matrices(b_ck.get(nb), v_ck.get(nv), top_r=top_r, erank_gamma=erank_gamma,
+    with torch_threads(1 if all(min(b_ck.info(nb).shape) <= SMALL_DIM for _, nb, _, _ in todo) else None):
+        for name, nb, nv, part in tqdm(todo, desc="spectral", disable=not progress):
+            wb, wv = b_ck.get(nb), v_ck.get(nv)
+            if part.index:
+                wb, wv = wb[part.index], wv[part.index]
+            c = compare_matrices(wb, wv, top_r=top_r, erank_gamma=erank_gamma,
                                  lora_tol=lora_tol, method=method, seed=seed)
-            out.append(MatrixSpectrum(block=role.block, sub=role.sub, kind=role.kind,
-                                      shape=tuple(b_ck.info(nb).shape), **{k: v for k, v in c.items() if k != "ratios"},
+            out.append(MatrixSpectrum(block=roles[name].block, sub=part.sub, kind=part.kind,
+                                      shape=tuple(wb.shape), **{k: v for k, v in c.items() if k != "ratios"},
                                       ratios=c["ratios"].tolist()))
     return SpectralResult(base=b_ck.ref, variant=v_ck.ref, model_type=b_ck.model_type, n_blocks=n_blocks,
                           blocks=chosen, top_r=top_r, erank_gamma=erank_gamma, lora_tol=lora_tol, matrices=out,
@@ -389,15 +394,17 @@ def sv_swapped(model, base_ref, blocks: Sequence[int] | None = None, method: str
     The base's singular values are read from `base_ref` one tensor at a time. Randomized SVD swaps the top k only.
     """
     ck = open_checkpoint(base_ref)
-    _, roles = layout(ck.names, ck.model_type)
-    where = {(r.block, r.sub): n for n, r in roles.items() if r.group == "block"}
+    arch = get_architecture(getattr(model.config, "model_type", None) or ck.model_type)
+    lin = _linears(model, blocks)
+    try:  # the model's module names -> the base checkpoint's tensors (through the record's conversions)
+        where = {(b, sub): src for name, src in sources(arch, list(lin), ck).items()
+                 for b, sub, _ in [lin[name]]}
+    except ConversionError as exc:
+        raise ValueError(f"{exc} Base and variant must share an architecture.") from exc
 
     def new(b, sub, w):
-        if (b, sub) not in where:
-            raise ValueError(f"model parameter of block {b} {sub!r} has no counterpart in the base checkpoint "
-                             f"{ck.path}; base and variant must share an architecture")
         u, s, v, how = svd(w, method=method)
-        _, s_b, _, _ = svd(ck.get(where[(b, sub)]), s.numel(), method=how)
+        _, s_b, _, _ = svd(where[(b, sub)].read(ck), s.numel(), method=how)
         return w + (u * (s_b[:s.numel()].to(w.device) - s)) @ v.mT
     return _edited(model, blocks, new)
 

@@ -12,6 +12,7 @@ import os
 import torch
 from torch import nn
 
+from .architectures import get_architecture
 from .references import resolve
 
 __all__ = ["pick_device", "pick_dtype", "load_model", "load_tokenizer", "decoder_layers", "torch_threads", "restoring"]
@@ -64,18 +65,16 @@ def load_tokenizer(ref: str | os.PathLike):
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of transformer blocks of a causal LM (llama/mistral/qwen2/gemma*: `model.model.layers`)."""
-    inner = model.get_decoder() if hasattr(model, "get_decoder") else model
-    for attr in ("layers", "h", "blocks"):
-        layers = getattr(inner, attr, None)
-        if isinstance(layers, nn.ModuleList):
-            return layers
-    for mod in model.modules():
-        for attr in ("layers", "h"):
-            layers = getattr(mod, attr, None)
-            if isinstance(layers, nn.ModuleList) and len(layers) and hasattr(layers[0], "forward"):
-                return layers
-    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+    """The list of transformer blocks of a model, at the path its architecture record names
+    (`model.layers` for a llama-style causal LM, `model.language_model.layers` for Gemma 3, `layers` for a
+    base model)."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    model_type = getattr(config, "model_type", None) or "generic"
+    arch = get_architecture(model_type)
+    if arch.is_generic and text is not None and text is not config:
+        arch = get_architecture(getattr(text, "model_type", "generic"))
+    return arch.decoder_layers(model)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ untied variant compares the variant's lm_head with the base's embedding (and say
 """
 from __future__ import annotations
 
+from .architectures import get_architecture
 from .checkpoint import Checkpoint, CheckpointError
 
 __all__ = ["ScanMismatch", "tied_embeddings", "pair_names"]
@@ -40,15 +41,16 @@ def pair_names(base: Checkpoint, var: Checkpoint) -> tuple[list[tuple[str, str, 
         if vb is not None and vv is not None and vb != vv:
             raise ScanMismatch(f"the checkpoints are of different architectures: {key} is {vb!r} in "
                                f"{base.ref} but {vv!r} in {var.ref}. Compare two checkpoints of one architecture.")
-    lm, emb_b = "lm_head.weight", [n for n in base.names if n.endswith("embed_tokens.weight")]
-    emb_v = [n for n in var.names if n.endswith("embed_tokens.weight")]
+    arch = get_architecture(base.model_type, base.names)
     b_names, v_names = set(base.names), set(var.names)
     alias_b, alias_v = {}, {}
-    # A tied checkpoint stores no lm_head: its effective lm_head is the embedding matrix.
-    if lm in v_names and lm not in b_names and emb_b and tied_embeddings(base):
-        alias_b[lm] = emb_b[0]
-    if lm in b_names and lm not in v_names and emb_v and tied_embeddings(var):
-        alias_v[lm] = emb_v[0]
+    # A tied checkpoint stores no lm_head: its effective lm_head is the token embedding (the record's first
+    # `embed` name).
+    for ck, other, alias in ((base, var, alias_b), (var, base, alias_v)):
+        lm = [n for n in other.names if arch.classify(n).group == "lm_head" and n not in ck.names]
+        emb = [n for n in ck.names if arch.key(n) == ("embed", arch.embed[0])]
+        if lm and emb and tied_embeddings(ck):
+            alias[lm[0]] = emb[0]
     names = [n for n in base.names] + [n for n in alias_b]
     only_b = sorted(b_names - v_names - set(alias_v))
     only_v = sorted(v_names - b_names - set(alias_b))

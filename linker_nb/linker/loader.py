@@ -10,6 +10,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..io.architectures import get_architecture
+from ..io.conversions import ConversionError, sources
 from ..io.models import decoder_layers
 from ..io.pairing import tied_embeddings
 from ..io.references import open_checkpoint
@@ -27,6 +29,8 @@ class LoadReport:
     max_tensor_bytes: int = 0    # largest single read: the loader's CPU working set
     shared: list[int] = field(default_factory=list)
     n_aliased: int = 0
+    expert_bytes_aliased: int = 0  # MoE: bytes of expert (and router) parameters of the aliased blocks
+    expert_bytes_read: int = 0     # MoE: stored bytes of expert tensors read for the unique blocks
     build_s: float = 0.0
     alias_s: float = 0.0
     load_unique_s: float = 0.0
@@ -70,6 +74,7 @@ def load_recipient(ref, donor: nn.Module, shared: Sequence[int], *, report: Load
         model.generation_config = GenerationConfig.from_pretrained(ck.path)
     except OSError:
         pass
+    arch = get_architecture(getattr(config, "model_type", None) or ck.model_type, ck.names)
     n_blocks = len(decoder_layers(model))
     bad = [i for i in shared if not 0 <= i < n_blocks]
     if bad:
@@ -77,21 +82,29 @@ def load_recipient(ref, donor: nn.Module, shared: Sequence[int], *, report: Load
     t1 = time.perf_counter()
     for i in sorted(set(shared)):
         rep.n_aliased += len(alias_block(model, donor, i))
+        rep.expert_bytes_aliased += sum(p.numel() * p.element_size() for sub, p in
+                                        decoder_layers(model)[i].named_parameters()
+                                        if arch.entry(sub, module=True) and arch.entry(sub, module=True)[0]["kind"]
+                                        in ("expert", "shared_expert", "router"))
     t2 = time.perf_counter()
     rep.shared, rep.bytes_total = sorted(set(shared)), ck.nbytes
-    for name, p in list(model.named_parameters()):
-        if not p.is_meta:
-            continue  # aliased
-        if name not in ck:
-            if name.endswith("lm_head.weight") and tied_embeddings(config):
-                continue  # tied below
-            raise ValueError(f"{ck.ref} has no tensor {name!r} that {type(model).__name__} needs; the lazy loader "
-                             f"reads parameters by their module names. Load this checkpoint with "
-                             f"models.load_model and alias blocks with alias_block instead.")
-        t = ck.get(name)
-        rep.names_read.append(name)
-        rep.bytes_read += ck.info(name).nbytes
-        rep.max_tensor_bytes = max(rep.max_tensor_bytes, ck.info(name).nbytes)
+    todo = [name for name, p in model.named_parameters() if p.is_meta]  # the aliased ones are not
+    try:  # module name -> checkpoint tensor(s): v5 builds fused MoE experts from one tensor per expert
+        where = sources(arch, todo, ck, tied=tied_embeddings(config))
+    except ConversionError as exc:
+        raise ValueError(f"{exc} The lazy loader reads parameters through the architecture record; load this "
+                         f"checkpoint with models.load_model and alias blocks with alias_block instead.") from exc
+    for name in todo:
+        src = where[name]
+        if src is None:
+            continue  # tied lm_head: tied below
+        t = src.read(ck)
+        n = src.nbytes(ck)
+        rep.names_read.extend(src.flat)
+        rep.bytes_read += n
+        rep.max_tensor_bytes = max(rep.max_tensor_bytes, n)
+        if arch.classify(name).kind in ("expert", "shared_expert"):
+            rep.expert_bytes_read += n
         _set_tensor(model, name, t.to(device=device, dtype=dtype), requires_grad=True)
         del t
     for name, b in list(model.named_buffers()):

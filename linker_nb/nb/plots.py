@@ -9,7 +9,7 @@ from typing import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-__all__ = ["block_profile", "subparam_heatmap", "pair_profiles", "control_bars", "interpolation_paths",
+__all__ = ["block_profile", "subparam_heatmap", "expert_heatmap", "pair_profiles", "control_bars", "interpolation_paths",
            "amplification_profile", "nvariant_scaling", "tuner_curve", "sv_ratio_spectra", "spectral_layers",
            "lora_ratio_bars"]
 
@@ -58,6 +58,28 @@ def subparam_heatmap(matrix, title: str = "", colorscale: str = "Viridis") -> go
     fig = go.Figure(go.Heatmap(z=matrix.values, x=[str(c) for c in matrix.columns], y=list(matrix.index),
                                colorscale=colorscale, colorbar=dict(title="")))
     fig.update_layout(title=title, xaxis_title="sub-parameter", yaxis_title="block", height=140 + 22 * len(matrix))
+    return fig
+
+
+def expert_heatmap(table, metric: str = "frob", router=None, title: str = "") -> go.Figure:
+    """MoE: blocks x experts heatmap of the per-expert mean cos or ε (`ScanResult.expert_table`), with the
+    router's value per block as an extra column when `router` (`ScanResult.router_table()`) is given.
+
+    Raises:
+        ValueError: the table is empty (a dense model has no experts).
+    """
+    if table is None or table.empty:
+        raise ValueError("no experts to plot: expert_heatmap is for MoE scans (ScanResult.n_experts > 0)")
+    z = table.values.tolist()
+    x = [f"expert {c}" for c in table.columns]
+    if router is not None and not router.empty:
+        col = router[f"router_{metric}"].reindex(table.index)
+        z = [row + [r] for row, r in zip(z, col.tolist())]
+        x.append("router")
+    label = "ε" if metric == "frob" else "cos"
+    fig = go.Figure(go.Heatmap(z=z, x=x, y=list(table.index), colorscale="Viridis", colorbar=dict(title=label)))
+    fig.update_layout(title=title or f"per-expert mean {label} (mean over each expert's gate/up/down)",
+                      xaxis_title="expert", yaxis_title="block", height=160 + 22 * len(table))
     return fig
 
 

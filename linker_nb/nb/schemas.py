@@ -35,7 +35,10 @@ def granularity_gap(run: Run, result, gap: dict, stats: dict, comparison: dict |
     tensor_mean {cos, frob, n} (modeldelta-style); aggregation (App. G/P: `granularity.aggregation_stats`);
     nonfinite_tensors, undefined_tensors; blocks [{index, cos, frob, cos_min, frob_max, shareable}];
     scan_seconds, scan_bytes; identity_basis (what byte-identical compares: for GGUF the quantized bytes);
-    comparison (`granularity.side_by_side`, when `compare_to` was given, else null).
+    comparison (`granularity.side_by_side`, when `compare_to` was given, else null); architecture (the record
+    used, "generic" for an unknown model type) and unknown_kind_tensors (block tensors in no sub-mean); MoE
+    only: n_experts, moe_aggregation (the rule, text), experts {cos, frob} ([block][expert] per-expert means),
+    router [{block, cos, frob}].
 
     Args:
         result: the `ScanResult`; gap: `granularity.granularity_gap(...)`; stats: `aggregation_stats(result)`;
@@ -52,7 +55,18 @@ def granularity_gap(run: Run, result, gap: dict, stats: dict, comparison: dict |
         blocks=[{"index": b.index, "cos": b.cos, "frob": b.frob, "cos_min": b.cos_min, "frob_max": b.frob_max,
                  "shareable": s} for b, s in zip(result.blocks, mask)],
         scan_seconds=result.elapsed_s, scan_bytes=result.bytes_read, identity_basis=result.identity_basis,
-        comparison=comparison)
+        comparison=comparison, architecture=result.architecture,
+        unknown_kind_tensors=result.unknown_kind_tensors, **_moe(result))
+
+
+def _moe(result) -> dict[str, Any]:
+    """The MoE part of 01's results: per-expert tables and router similarity; {} for a dense model."""
+    if not result.n_experts:
+        return {}
+    from ..analyses.records import AGGREGATION
+    return {"n_experts": result.n_experts, "moe_aggregation": AGGREGATION,
+            "experts": {m: result.expert_table(m).values.tolist() for m in ("cos", "frob")},
+            "router": [{"block": b.index, "cos": b.router_cos, "frob": b.router_frob} for b in result.blocks]}
 
 
 def boundary(run: Run, results: list, vintage) -> dict[str, Any]:
