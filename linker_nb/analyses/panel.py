@@ -30,10 +30,11 @@ from .boundary import family_pairs
 from .panel_store import Store, pair_id
 from .scan import scan
 
-__all__ = ["PAPER", "EMBEDDED", "PanelPair", "PanelRun", "embedded_families", "paper_families", "family_list",
+__all__ = ["PAPER", "RECENT", "EMBEDDED", "PanelPair", "PanelRun", "embedded_families", "paper_families", "recent_families", "family_list",
            "panel_pairs", "scan_pair", "connect", "run_panel", "submit", "outcomes"]
 
-PAPER = "paper"        # `models` value: every family of the paper (registry keys whose checkpoints are on the Hub)
+PAPER = "paper"        # `models` value: every family of the paper (registry keys holding the paper's figures)
+RECENT = "recent"      # `models` value: every Hub family the paper does not cover (Qwen3, Mixtral, OLMo-2, ...)
 EMBEDDED = "embedded"  # `models` value: every family whose checkpoints ship inside the package (no download)
 
 
@@ -76,18 +77,30 @@ def embedded_families() -> list[str]:
     return [k for k in registry.keys() if Path(registry.get(k).base).is_relative_to(pkg)]
 
 
+def _in_paper(key: str) -> bool:
+    fam = registry.get(key)
+    return bool(fam.paper) or any(v.paper for v in fam.variants.values())
+
+
 def paper_families() -> list[str]:
-    """Registry keys of the paper's checkpoints (every family not shipped in the package), in file order."""
+    """Registry keys of the paper's checkpoints (families with figures transcribed from it), in file order."""
     embedded = set(embedded_families())
-    return [k for k in registry.REGISTRY if k not in embedded]
+    return [k for k in registry.REGISTRY if k not in embedded and _in_paper(k)]
+
+
+def recent_families() -> list[str]:
+    """Registry keys of Hub families the paper does not cover (no transcribed figures), in file order."""
+    embedded = set(embedded_families())
+    return [k for k in registry.REGISTRY if k not in embedded and not _in_paper(k)]
 
 
 def family_list(models: list[str] | None = None, model: str | None = None) -> list[str]:
     """The registry keys a panel covers.
 
     Args:
-        models: registry keys; the special values `"paper"` (the paper's whole panel) and `"embedded"` (every
-            family shipped in the package) expand in place. None: every embedded family when `model` is one
+        models: registry keys; the special values `"paper"` (the paper's whole panel), `"recent"` (the Hub
+            families the paper does not cover) and `"embedded"` (every family shipped in the package) expand
+            in place. None: every embedded family when `model` is one
             of them (or None), else `[model]`.
         model: the notebooks' common `model` parameter.
 
@@ -99,7 +112,8 @@ def family_list(models: list[str] | None = None, model: str | None = None) -> li
         models = [EMBEDDED] if model is None or model in embedded else [model]
     out: list[str] = []
     for m in models:
-        keys = paper_families() if m == PAPER else embedded_families() if m == EMBEDDED else [registry.get(m).key]
+        groups = {PAPER: paper_families, RECENT: recent_families, EMBEDDED: embedded_families}
+        keys = groups[m]() if m in groups else [registry.get(m).key]
         out += [k for k in keys if k not in out]
     return out
 

@@ -124,7 +124,7 @@ class Store:
         return ScanResult(base=sc["base"], variant=sc["variant"], model_type=sc["model_type"], tensors=tensors,
                           blocks=blocks, tied_embeddings=sc["tied_embeddings"], elapsed_s=sc["elapsed_s"],
                           bytes_read=sc["bytes_read"],
-                          **({"identity_basis": sc["identity_basis"]} if "identity_basis" in sc else {}))
+                          **{k: sc[k] for k in ("identity_basis", "architecture") if k in sc})
 
     def blocks(self, key: str):
         """The per-block rows of an entry as a pandas DataFrame (no `ScanResult` rebuilt)."""
