@@ -257,6 +257,8 @@ def test_every_record_loads_and_every_real_parameter_is_known():
     (lambda r: r["block"][1].update(split={"dim": 0, "parts": [["q", 1]]}), "split needs"),
     (lambda r: r.update(module=[{"name": "x", "kind": "mlp", "role": "up", "from": ["nope.weight"]}]),
      "built from \\['nope.weight'\\], which no block entry names"),
+    (lambda r: r.update(gguf={"permute_qk": True}), "gguf lacks the field 'arch'"),
+    (lambda r: r.update(gguf={"arch": "llama", "permute": True}), "gguf has an unknown field 'permute'"),
 ])
 def test_malformed_records_are_refused_naming_the_field(edit, match):
     record = json.loads(json.dumps(A.get_architecture("llama").record, default=lambda o: None))

@@ -213,7 +213,7 @@ def test_bad_magic_unknown_type_and_unmapped_architecture(ggufs, tmp_path):
         open_checkpoint(p)
     i = bytes(ggufs["Q4_0"].read_bytes()).index(b"llama")  # general.architecture's value
     p = _damaged(ggufs["Q4_0"], tmp_path, lambda raw: raw[:i] + b"llamb" + raw[i + 5:])
-    with pytest.raises(UnsupportedGGUF, match=r"architecture 'llamb' has no mapping.*GGUF_ARCHITECTURES"):
+    with pytest.raises(UnsupportedGGUF, match=r"architecture 'llamb' has no mapping.*`gguf` field"):
         open_checkpoint(p)
     assert issubclass(UnsupportedGGUF, CheckpointError)
 
@@ -314,3 +314,22 @@ def test_dequantize_only_types_are_read_in_hf_order(wide, tmp_path, qtype, monke
         sub = name.split(".")[-2]
         back = llama_cpp_permute(got, heads[sub]) if sub in heads else got
         assert torch.equal(back.nan_to_num(0, 0, 0), stored.nan_to_num(0, 0, 0)), name
+
+
+def test_gguf_storage_comes_from_the_architecture_records():
+    """Each record's `gguf` field is the storage the reader and writer use: q/k rows permuted only where the
+    converter permutes them, Gemma's norm shift from the record's norm_offset, a tied lm_head dropped for
+    Gemma 1/2, and every record module mapped by the gguf package's own TensorNameMap."""
+    from linker_nb.io.architectures import get_architecture
+    from linker_nb.io.gguf import GGUF_ARCHITECTURES, hf_to_gguf_names, model_type_of
+    assert set(GGUF_ARCHITECTURES) == {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"}
+    llama, qwen3 = GGUF_ARCHITECTURES["llama"], GGUF_ARCHITECTURES["qwen3"]
+    assert llama.permute == (("self_attn.q_proj", "num_attention_heads"), ("self_attn.k_proj", "num_key_value_heads"))
+    assert qwen3.permute == () and {"self_attn.q_norm", "self_attn.k_norm"} <= set(qwen3.block)
+    assert GGUF_ARCHITECTURES["gemma2"].norm_shift == get_architecture("gemma2").norm_offset == 1.0
+    assert "lm_head" not in GGUF_ARCHITECTURES["gemma"].non_block and "lm_head" in llama.non_block
+    assert model_type_of("llama") == "llama" and model_type_of("gemma3") == "gemma3_text"
+    assert model_type_of("phi3") is None  # no gguf field in the phi3 record: no reader, said on open
+    for mt in GGUF_ARCHITECTURES:
+        names = hf_to_gguf_names(mt, 2)
+        assert all(v.startswith(("blk.", "token_embd", "output")) for v in names.values()), mt

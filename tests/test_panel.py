@@ -40,6 +40,11 @@ def test_paper_panel_and_vintage_pairs():
     assert len(pairs) == len({(p.base_ref, p.variant_ref) for p in pairs}) == 18
     t1 = [p for p in pairs if p.paper.get("table1")]
     assert len(t1) == 8 and all(p.default for p in t1)  # Table 1's eight families
+    # the families added since the paper (no transcribed figure) are their own group, never in the paper's panel
+    recent = panel.recent_families()
+    assert {"qwen3-4b", "qwen3-30b-a3b", "mixtral-8x7b", "olmo2-7b", "phi4"} <= set(recent)
+    assert not set(recent) & keys and not set(recent) & set(panel.embedded_families())
+    assert panel.family_list(["recent", "qwen7b"]) == recent + ["qwen7b"]
     # a family with an older release brings that release's pair along (Table 10)
     assert [p.family for p in panel.panel_pairs(["llama8b"])] == ["llama8b", "llama2-7b"]
 

@@ -14,6 +14,11 @@ and one entry per block tensor (`block`, checkpoint names; `{e}` stands for an e
 * ``split``: a fused tensor's parts along ``dim`` (``[name, size]``: an integer weight, or a config size times
   ``unit``), so Phi-3's qkv_proj is measured as q, k and v.
 
+`gguf` says how llama.cpp's converter stores the family (read by `io.gguf`): ``arch``, the file's
+`general.architecture`; ``permute_qk``, whether q_proj / k_proj rows are reordered for llama.cpp's rotary
+embedding (`LlamaModel.permute`, by query / KV heads); ``lm_head`` false when the converter drops a tied
+lm_head. Gemma's (1 + w) norm shift is `norm_offset`. A family without the field has no GGUF reader.
+
 `module` lists the parameters whose `transformers` (v5) module names differ from the checkpoint's, with the
 checkpoint tensors they are built from (``from``): v5 fuses a MoE layer's experts into
 ``mlp.experts.gate_up_proj`` [E, 2I, H] = cat(stack_e(gate_e), stack_e(up_e), dim 1) and
@@ -41,7 +46,9 @@ ROLES = ("q", "k", "v", "o", "qkv", "gate", "up", "down", "gate_up", "router", "
 _TOP = {"model_type": str, "architectures": list, "description": str, "prefixes": list, "layers": (str, list),
         "embed": list, "final_norm": list, "lm_head": list, "norm_type": str, "norm_offset": (int, float),
         "config": dict, "block": list}
-_OPTIONAL = {"ignore": list, "module": list, "tiny_config": dict}
+_OPTIONAL = {"ignore": list, "module": list, "tiny_config": dict, "gguf": dict}
+_GGUF = {"arch": str}
+_GGUF_OPTIONAL = {"permute_qk": bool, "lm_head": bool}
 _ENTRY = {"name": str, "kind": str, "role": str, "placement": str, "feeds": list, "scope": str, "split": dict,
           "from": list, "experts": bool, "cat_dim": int}
 _DIM_KEYS = ("n_layers", "hidden", "n_heads", "n_kv_heads", "head_dim", "intermediate", "tied", "n_experts")
@@ -133,6 +140,9 @@ class Architecture:
         self.norm_type, self.norm_offset = record["norm_type"], float(record["norm_offset"])
         self.config_keys: dict[str, str | list[str]] = record["config"]
         self.tiny_config: dict | None = record.get("tiny_config")
+        self.gguf: dict | None = record.get("gguf")
+        if self.gguf is not None:
+            _check_types(source, "gguf", self.gguf, _GGUF, _GGUF_OPTIONAL)
         if self.norm_type not in ("rmsnorm", "layernorm", "unknown"):
             _fail(source, f"norm_type {self.norm_type!r} is not rmsnorm, layernorm or unknown")
         bad = sorted(set(self.config_keys) - set(_DIM_KEYS)) + [

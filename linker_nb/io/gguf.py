@@ -7,8 +7,8 @@ tensor through `gguf.TensorNameMap`, permutes the rows of q_proj/k_proj for Llam
 (`LlamaModel.permute`) and adds 1 to Gemma's norm weights; `GGUFCheckpoint` inverts all three, so a GGUF file
 and the safetensors it was made from line up tensor for tensor.
 
-`GGUF_ARCHITECTURES` is the one place that knows how each Hugging Face `model_type` is stored in GGUF; it is
-meant to move into the per-architecture records (`architectures.py`) as fields of each record.
+How each Hugging Face `model_type` is stored in GGUF is the `gguf` field of its architecture record
+(`_data/architectures/<model_type>.json`); `GGUF_ARCHITECTURES` is built from those records.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .architectures import Architecture, get_architecture, supported
 from .checkpoint import Checkpoint, CheckpointCorrupt, CheckpointNotFound, TensorInfo
 from .gguf_layout import UnsupportedGGUF, check_layout
 
@@ -49,24 +50,26 @@ class GGUFArch:
     non_block: tuple[str, ...] = ("model.embed_tokens", "model.norm", "lm_head")
 
 
-_LLAMA_BLOCK = ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-_QK_NORM = ("self_attn.q_norm", "self_attn.k_norm")
-_SANDWICH = ("pre_feedforward_layernorm", "post_feedforward_layernorm")
-_ROTARY_QK = (("self_attn.q_proj", "num_attention_heads"), ("self_attn.k_proj", "num_key_value_heads"))
-# model_type -> storage. The first model_type listed for a GGUF architecture is the one a GGUF file reports
-# (a Mistral converted by llama.cpp says "llama"; `model_types` lets pairing accept either).
+def _from_record(arch: Architecture) -> GGUFArch:
+    """The storage of one architecture record's `gguf` field: block sub-modules in record order, q/k rows
+    permuted by the record's head-count config keys, the norm shift from its `norm_offset`."""
+    prefix = arch.prefixes[0]
+    subs = list(dict.fromkeys(e["name"].rsplit(".", 1)[0] for e in arch.entries))
+    heads = {r: arch.config_keys.get(k) for r, k in (("q", "n_heads"), ("k", "n_kv_heads"))}
+    heads = {r: (k[0] if isinstance(k, list) else k) for r, k in heads.items()}
+    permute = tuple((e["name"].rsplit(".", 1)[0], heads[e["role"]]) for e in arch.entries
+                    if arch.gguf.get("permute_qk") and e["role"] in heads and e["name"].endswith(".weight"))
+    outside = [arch.embed[0], arch.final_norm[0]] + ([arch.lm_head[0]] if arch.gguf.get("lm_head", True) else [])
+    non_block = tuple((n if n.startswith("lm_head") else prefix + n).rsplit(".", 1)[0] for n in outside)
+    return GGUFArch(arch.gguf["arch"], tuple(subs), permute=permute, norm_shift=arch.norm_offset,
+                    non_block=non_block)
+
+
+# model_type -> storage, from every architecture record with a `gguf` field (`_data/architectures/*.json`).
+# A Mistral converted by llama.cpp says "llama"; `model_type_of` prefers the model_type named like the GGUF
+# architecture, and pairing accepts either.
 GGUF_ARCHITECTURES: dict[str, GGUFArch] = {
-    "llama": GGUFArch("llama", _LLAMA_BLOCK, permute=_ROTARY_QK),
-    "mistral": GGUFArch("llama", _LLAMA_BLOCK, permute=_ROTARY_QK),
-    "qwen2": GGUFArch("qwen2", _LLAMA_BLOCK),
-    "qwen3": GGUFArch("qwen3", _LLAMA_BLOCK + _QK_NORM),
-    # Gemma and Gemma 2 always tie lm_head to the embedding; the converter drops an lm_head tensor.
-    "gemma": GGUFArch("gemma", _LLAMA_BLOCK, norm_shift=1.0, non_block=("model.embed_tokens", "model.norm")),
-    "gemma2": GGUFArch("gemma2", _LLAMA_BLOCK + _SANDWICH, norm_shift=1.0,
-                       non_block=("model.embed_tokens", "model.norm")),
-    "gemma3_text": GGUFArch("gemma3", _LLAMA_BLOCK + _QK_NORM + _SANDWICH, norm_shift=1.0),
-}
+    mt: _from_record(a) for mt in supported() if (a := get_architecture(mt)).gguf is not None}
 # GGUF metadata key (after "{arch}.") -> Hugging Face config field.
 _CONFIG_KEYS = {"block_count": "num_hidden_layers", "embedding_length": "hidden_size",
                 "feed_forward_length": "intermediate_size", "attention.head_count": "num_attention_heads",
@@ -82,6 +85,8 @@ _NATIVE = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "
 
 def model_type_of(gguf_arch: str) -> str | None:
     """The Hugging Face `model_type` a GGUF `general.architecture` stands for (None: no mapping)."""
+    if gguf_arch in GGUF_ARCHITECTURES and GGUF_ARCHITECTURES[gguf_arch].gguf == gguf_arch:
+        return gguf_arch
     return next((mt for mt, a in GGUF_ARCHITECTURES.items() if a.gguf == gguf_arch), None)
 
 
@@ -109,7 +114,7 @@ def hf_to_gguf_names(model_type: str, n_blocks: int) -> dict[str, str]:
         target = tmap.get_name(m)
         if target is None:  # the record names a module the gguf package cannot map: a bug in the record
             raise UnsupportedGGUF(f"the installed gguf package has no GGUF name for {m!r} of {model_type}; fix "
-                                  f"GGUF_ARCHITECTURES[{model_type!r}].")
+                                  f"the `gguf` field of linker_nb/_data/architectures/{model_type}.json.")
         for suffix in (".weight", ".bias"):
             out[m + suffix] = target + suffix
     return out
@@ -189,7 +194,8 @@ class GGUFCheckpoint(Checkpoint):
             known = sorted({a.gguf for a in GGUF_ARCHITECTURES.values()})
             raise UnsupportedGGUF(f"{self.file}: GGUF architecture {arch!r} has no mapping to Hugging Face names "
                                   f"(mapped: {', '.join(known)}). Compare the safetensors checkpoint instead, or "
-                                  f"add a record to linker_nb.io.gguf.GGUF_ARCHITECTURES.")
+                                  f"add a `gguf` field to the model type's architecture record "
+                                  f"(linker_nb/_data/architectures/<model_type>.json).")
         self.arch = GGUF_ARCHITECTURES[mt]
         self.config = self._config(arch, mt)
         n_blocks = self.config["num_hidden_layers"]
