@@ -59,7 +59,29 @@ def weight_files(directory: Path) -> dict[str, list[str]]:
     return {"bin": bins} if bins else {}
 
 
-class Checkpoint:
+class TensorIndex:
+    """Tensor names and their `TensorInfo`, by name (`_info`); what a checkpoint and a header-only view share."""
+    ref: str
+    _info: dict[str, TensorInfo]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._info)
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self._info[name]
+        except KeyError:
+            raise KeyError(f"{self.ref} has no tensor {name!r}") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._info
+
+    def __len__(self) -> int:
+        return len(self._info)
+
+
+class Checkpoint(TensorIndex):
     """Lazy, read-only view of one checkpoint's tensors.
 
     Use as a context manager, or call `close()`. `names` are in the file order of the index (stable), so two
@@ -156,21 +178,6 @@ class Checkpoint:
         return sd
 
     # -- access ------------------------------------------------------------------------------------
-    @property
-    def names(self) -> list[str]:
-        return list(self._info)
-
-    def info(self, name: str) -> TensorInfo:
-        try:
-            return self._info[name]
-        except KeyError:
-            raise KeyError(f"{self.ref} has no tensor {name!r}") from None
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._info
-
-    def __len__(self) -> int:
-        return len(self._info)
 
     @property
     def nbytes(self) -> int:

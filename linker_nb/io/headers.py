@@ -13,14 +13,14 @@ import json
 import os
 from pathlib import Path
 
-from .checkpoint import _ST_DTYPES, Checkpoint, CheckpointNotFound, TensorInfo
+from .checkpoint import _ST_DTYPES, Checkpoint, CheckpointNotFound, TensorIndex, TensorInfo
 from .pairing import pair_names
 from .references import _offline, open_checkpoint
 
 __all__ = ["HubHeaders", "header_view", "check_pair"]
 
 
-class HubHeaders:
+class HubHeaders(TensorIndex):
     """What the Hub says about a safetensors repository: its config and each tensor's shape and dtype.
 
     Attributes:
@@ -38,16 +38,6 @@ class HubHeaders:
                 for s in t.shape:
                     numel *= s
                 self._info[name] = TensorInfo(name, tuple(t.shape), dtype, fname, numel * width)
-
-    @property
-    def names(self) -> list[str]:
-        return list(self._info)
-
-    def info(self, name: str) -> TensorInfo:
-        try:
-            return self._info[name]
-        except KeyError:
-            raise KeyError(f"{self.ref} has no tensor {name!r}") from None
 
     @property
     def model_type(self) -> str:
