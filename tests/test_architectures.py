@@ -18,7 +18,7 @@ import torch
 
 from linker_nb.analyses import controls as C
 from linker_nb.analyses import interpolation as I
-from linker_nb.analyses import spectral
+from linker_nb.analyses import spectral, spectral_ablations
 from linker_nb.analyses import symmetry as S
 from linker_nb.analyses.loss import lm_loss
 from linker_nb.analyses.scan import scan
@@ -229,7 +229,7 @@ def test_spectral_scan_and_ablations(tiny_pairs, family):
     if family in MOE:
         assert sum(m.kind == "expert" for m in res.matrices) == 12
     model = load_model(v, device="cpu", dtype="float32")
-    out = spectral.ablation(model, b, _ids(), blocks=[1])
+    out = spectral_ablations.ablation(model, b, _ids(), blocks=[1])
     assert out["loss_restored"] == out["loss_variant"] and out["loss_sv_swapped"] != out["loss_variant"]
 
 

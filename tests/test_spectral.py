@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from linker_nb.analyses import spectral
+from linker_nb.analyses import spectral, spectral_ablations
 from linker_nb.io.pairing import ScanMismatch
 from linker_nb.testing import FAMILIES
 
@@ -164,10 +164,10 @@ def test_ablations_edit_as_specified_and_restore_bit_for_bit(tiny_pairs):
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
     q = model.model.layers[1].self_attn.q_proj.weight
     base_q = load_model(b, device="cpu").model.layers[1].self_attn.q_proj.weight.detach()
-    with spectral.sv_swapped(model, b, blocks=[1]):
+    with spectral_ablations.sv_swapped(model, b, blocks=[1]):
         assert torch.allclose(torch.linalg.svdvals(q.detach()), torch.linalg.svdvals(base_q), atol=1e-5)
         assert torch.equal(model.model.layers[0].self_attn.q_proj.weight, before["model.layers.0.self_attn.q_proj.weight"])
-    with spectral.rotation_broken(model, blocks=[1], seed=3):
+    with spectral_ablations.rotation_broken(model, blocks=[1], seed=3):
         w = q.detach()
         orig = before["model.layers.1.self_attn.q_proj.weight"]
         assert torch.allclose(torch.linalg.svdvals(w), torch.linalg.svdvals(orig), atol=1e-5)   # σ kept
@@ -175,10 +175,10 @@ def test_ablations_edit_as_specified_and_restore_bit_for_bit(tiny_pairs):
         assert not torch.allclose(w, orig, atol=1e-3)
     assert all(torch.equal(p, before[k]) for k, p in model.named_parameters())
     tokens = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(0))
-    out = spectral.ablation(model, b, tokens, seed=0)
+    out = spectral_ablations.ablation(model, b, tokens, seed=0)
     assert out["loss_restored"] == out["loss_variant"] and out["loss_rotation_broken"] != out["loss_variant"]
     with pytest.raises(ValueError, match="use indices in 0..2"):
-        spectral.ablation(model, b, tokens, blocks=[3])
+        spectral_ablations.ablation(model, b, tokens, blocks=[3])
 
 
 def test_gradient_locality_probe(tiny_pairs):
@@ -186,14 +186,14 @@ def test_gradient_locality_probe(tiny_pairs):
     b, _ = tiny_pairs("llama")
     model = load_model(b, device="cpu")
     tokens = torch.randint(0, 96, (3, 16), generator=torch.Generator().manual_seed(0))
-    g = spectral.gradient_locality(model, tokens, [0.1, 0.3, 0.2], batch_size=2)
+    g = spectral_ablations.gradient_locality(model, tokens, [0.1, 0.3, 0.2], batch_size=2)
     assert len(g.rel_grad) == 3 and all(x > 0 for x in g.rel_grad)
     assert -1 <= g.pearson <= 1 and -1 <= g.spearman <= 1 and g.loss > 0
     assert all(p.grad is None for p in model.parameters())        # gradients cleared
     t = g.table17([True, True, False])
     assert list(t.columns) == ["‖g‖/‖θ‖", "1 − cos"] and t.iloc[1, 1] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="one_minus_cos has 2 entries but the model has 3 blocks"):
-        spectral.gradient_locality(model, tokens, [0.1, 0.2])
+        spectral_ablations.gradient_locality(model, tokens, [0.1, 0.2])
 
 
 def test_tiny_family_post_training_is_consistent_unlike_an_unrelated_model():
