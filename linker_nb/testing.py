@@ -145,7 +145,7 @@ def write_gguf(src: str | Path, out: str | Path, qtype: str = "F16") -> Path:
         if rec.norm_shift and name.endswith("norm.weight"):
             data = data + rec.norm_shift
         gname = tmap.get_name(name, try_suffixes=(".weight", ".bias"))
-        if gname is None and name == "lm_head.weight" and "lm_head" not in rec.non_block:
+        if gname is None and name == rec.lm_head and rec.lm_head.rsplit(".", 1)[0] not in rec.non_block:
             continue  # the converter drops Gemma's lm_head: llama.cpp always ties it
         if gname is None:
             raise ValueError(f"the gguf package maps no GGUF name to {name!r} ({ck.model_type})")

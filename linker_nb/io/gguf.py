@@ -35,19 +35,23 @@ class GGUFArch:
 
     Attributes:
         gguf: the file's `general.architecture`.
-        block: Hugging Face sub-modules of block i (`model.layers.{i}.<sub>`), each with `.weight` and, where
+        block: Hugging Face sub-modules of block i (`<layers>.{i}.<sub>`), each with `.weight` and, where
             the checkpoint has one, `.bias`.
         permute: (sub-module, config field of its head count) whose rows the converter reorders
             (`LlamaModel.permute`) for llama.cpp's rotary embedding: q_proj by query heads, k_proj by KV heads;
             weight and bias, undone on read.
         norm_shift: added to every `*norm.weight` by the converter (Gemma's (1 + w) RMSNorm baked in).
         non_block: embedding, final norm, lm_head module names.
+        layers: the module path of the decoder layers ("model.layers").
+        lm_head: the lm_head tensor's name (absent from a file when the converter ties it).
     """
     gguf: str
     block: tuple[str, ...]
     permute: tuple[tuple[str, str], ...] = ()
     norm_shift: float = 0.0
     non_block: tuple[str, ...] = ("model.embed_tokens", "model.norm", "lm_head")
+    layers: str = "model.layers"
+    lm_head: str = "lm_head.weight"
 
 
 def _from_record(arch: Architecture) -> GGUFArch:
@@ -59,10 +63,12 @@ def _from_record(arch: Architecture) -> GGUFArch:
     heads = {r: (k[0] if isinstance(k, list) else k) for r, k in heads.items()}
     permute = tuple((e["name"].rsplit(".", 1)[0], heads[e["role"]]) for e in arch.entries
                     if arch.gguf.get("permute_qk") and e["role"] in heads and e["name"].endswith(".weight"))
-    outside = [arch.embed[0], arch.final_norm[0]] + ([arch.lm_head[0]] if arch.gguf.get("lm_head", True) else [])
-    non_block = tuple((n if n.startswith("lm_head") else prefix + n).rsplit(".", 1)[0] for n in outside)
+    # embed / final_norm names are relative to the prefix, lm_head names are whole (the records' convention)
+    outside = [prefix + arch.embed[0], prefix + arch.final_norm[0]] + (
+        [arch.lm_head[0]] if arch.gguf.get("lm_head", True) else [])
     return GGUFArch(arch.gguf["arch"], tuple(subs), permute=permute, norm_shift=arch.norm_offset,
-                    non_block=non_block)
+                    non_block=tuple(n.rsplit(".", 1)[0] for n in outside), layers=prefix + arch.layers[0],
+                    lm_head=arch.lm_head[0])
 
 
 # model_type -> storage, from every architecture record with a `gguf` field (`_data/architectures/*.json`).
@@ -96,7 +102,7 @@ def permuted_heads(rec: GGUFArch, config: dict, names) -> dict[str, int]:
     for sub, key in rec.permute:
         n = config.get(key, config.get("num_attention_heads"))  # no KV count: as many KV heads as query heads
         for name in names:
-            if name.startswith("model.layers.") and name.rsplit(".", 1)[0].endswith("." + sub):
+            if name.startswith(rec.layers + ".") and name.rsplit(".", 1)[0].endswith("." + sub):
                 out[name] = n
     return out
 
@@ -108,7 +114,7 @@ def hf_to_gguf_names(model_type: str, n_blocks: int) -> dict[str, str]:
     rec = GGUF_ARCHITECTURES[model_type]
     arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == rec.gguf)
     tmap = gguf.get_tensor_name_map(arch, n_blocks)
-    modules = list(rec.non_block) + [f"model.layers.{i}.{s}" for i in range(n_blocks) for s in rec.block]
+    modules = list(rec.non_block) + [f"{rec.layers}.{i}.{s}" for i in range(n_blocks) for s in rec.block]
     out = {}
     for m in modules:
         target = tmap.get_name(m)
@@ -207,7 +213,8 @@ class GGUFCheckpoint(Checkpoint):
             if t.name not in to_hf:
                 raise UnsupportedGGUF(f"{self.file}: tensor {t.name!r} has no Hugging Face counterpart in the "
                                       f"{arch} mapping (a block beyond {arch}.block_count = {n_blocks}, or a tensor "
-                                      f"of another architecture); extend GGUF_ARCHITECTURES[{mt!r}].")
+                                      f"of another architecture); add its module to the {mt} architecture record "
+                                      f"(linker_nb/_data/architectures/{mt}.json).")
             if not _can_dequantize(int(t.tensor_type)):
                 raise UnsupportedGGUF(f"{self.file}: tensor {t.name!r} is stored as {t.tensor_type.name}, which the "
                                       f"installed gguf package cannot dequantize; upgrade it (pip install -U gguf) "
@@ -218,7 +225,7 @@ class GGUFCheckpoint(Checkpoint):
             self._gguf_name[hf] = t.name
             self._info[hf] = TensorInfo(hf, tuple(int(d) for d in reversed(t.shape.tolist())), dtype,
                                         self.file.name, int(t.n_bytes))
-        self.config["tie_word_embeddings"] = "lm_head.weight" not in self._info
+        self.config["tie_word_embeddings"] = self.arch.lm_head not in self._info
         self._heads = permuted_heads(self.arch, self.config, self._info)
         for name, n in self._heads.items():  # the head counts `get` needs, checked against the shapes
             rows = self._info[name].shape[0]
