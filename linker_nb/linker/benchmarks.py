@@ -14,7 +14,9 @@ its Table 7 scores match these). Retained quality (Table 6) is shared / unshared
 """
 from __future__ import annotations
 
+import functools
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -22,7 +24,7 @@ from ..io import task_data
 
 __all__ = ["PAPER_BENCHMARKS", "PAPER_SETTINGS", "TUNER_TASK", "LmEvalMissing", "Suite", "Objective",
            "is_embedded", "default_benchmarks", "default_tuner_task", "prepare", "evaluate", "evaluate_all", "retention",
-           "capability_gain", "table6", "table7", "status"]
+           "capability_gain", "gain_table", "table6", "table7", "status"]
 
 PAPER_BENCHMARKS = ("mmlu", "arc_challenge", "hellaswag", "winogrande")   # lm-eval v0.4 names (App. D)
 PAPER_SETTINGS = {"mmlu": {"num_fewshot": 5, "limit": 30}}   # §3.1 / Figure 2: 5-shot, n = 30 per subject
@@ -152,21 +154,49 @@ def evaluate(model, tokenizer, suite: Suite, *, batch_size: int = 8) -> dict[str
         return {}
     _lm_eval()
     from lm_eval.evaluator import evaluate as lm_evaluate
-    from lm_eval.models.huggingface import HFLM
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     out = {}
     for name in suite.names:
         s = suite.settings[name]
         # `evaluate` is simple_evaluate's loop without its per-call environment report (a `pip list` subprocess,
         # ~1.3 s a call: most of a tiny model's evaluation); the tasks were configured once by `prepare`
-        res = lm_evaluate(lm=lm, task_dict=suite.objects[name], limit=s["limit"], log_samples=False,
-                          bootstrap_iters=0)
+        with _no_request_bars():
+            res = lm_evaluate(lm=lm, task_dict=suite.objects[name], limit=s["limit"], log_samples=False,
+                              bootstrap_iters=0)
         key = f"{s['metric']},none"
         if key not in res["results"].get(name, {}):
             raise KeyError(f"lm-eval reported no {s['metric']!r} for {name!r} (it reported "
                            f"{sorted(res['results'].get(name, {}))}); pick a multiple-choice task.")
         out[name] = float(res["results"][name][key])
     return out
+
+
+def _quiet_hflm():
+    """lm-eval's HFLM with its per-request progress bars off (one per model and task would flood a notebook)."""
+    from lm_eval.models.huggingface import HFLM
+
+    class QuietHFLM(HFLM):
+        def loglikelihood(self, requests, disable_tqdm: bool = True):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = True):
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+        def generate_until(self, requests, disable_tqdm: bool = True):
+            return super().generate_until(requests, disable_tqdm=True)
+    return QuietHFLM
+
+
+@contextmanager
+def _no_request_bars():
+    """Silence the progress bar `Task.build_all_requests` draws (it has no switch) for the duration."""
+    import lm_eval.api.task as task_module
+    bar = task_module.tqdm
+    task_module.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        task_module.tqdm = bar
 
 
 @dataclass
@@ -221,6 +251,15 @@ def capability_gain(scores: dict, benchmark: str = "mmlu") -> dict[str, float] |
     if scores.get("base") is None or benchmark not in scores["benchmarks"]:
         return None
     return {v: 100 * (u[benchmark] - scores["base"][benchmark]) for v, u in scores["unshared"].items()}
+
+
+def gain_table(scores: dict):
+    """Capability gain of each variant over the base (points), per benchmark: Figure 2's ΔMMLU where MMLU ran
+    (DataFrame; empty when the base was not evaluated)."""
+    import pandas as pd
+    if scores.get("base") is None:
+        return pd.DataFrame()
+    return pd.DataFrame({_label(b): capability_gain(scores, b) for b in scores["benchmarks"]})
 
 
 def _label(b: str) -> str:

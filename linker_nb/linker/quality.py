@@ -15,7 +15,7 @@ from ..io import corpus as _corpus
 
 __all__ = ["prompt_set", "greedy_outputs", "generation_overlap", "compare", "compare_all", "table", "examples_table",
            "lm_eval_status", "TunerResult", "BOUNDARY_EPS",
-           "tune_threshold", "tuner_grid", "boundary_rule"]
+           "tune_threshold", "tuner_grid", "boundary_rule", "boundary_table"]
 
 
 PROMPT_KINDS = ("instruct", "qa")  # "chat" would parse every stdlib module with ast (~10 s) for 4 prompts
@@ -235,3 +235,9 @@ def boundary_rule(plan, *tuners: TunerResult, eps_boundary: float = BOUNDARY_EPS
                      "tuner_tau_frob": t.tau_frob, "tuner_blocks_shared": t.blocks_shared, "tau_cos": tc,
                      "tau_frob": tf, "blocks_shared": n, "rule": rule})
     return rows
+
+
+def boundary_table(rows: list[dict]):
+    """`boundary_rule`'s rows as a DataFrame, one row per tuner objective."""
+    import pandas as pd
+    return pd.DataFrame(rows).set_index("objective")
