@@ -203,9 +203,12 @@ def is_cached(path: str, name: str | None = None) -> bool:
     import huggingface_hub.constants as hub
     if Path(path).expanduser().is_dir():
         return True
-    prepared = Path(datasets.config.HF_DATASETS_CACHE) / path.replace("/", "___") / (name or "default")
-    if prepared.is_dir() and any(prepared.rglob("*.arrow")):
-        return True
+    # datasets' layout: <namespace>___<name>/<config id>/<version>/<hash>/*.arrow; the config id is the config
+    # name, with a "-<hash>" suffix when the task passed extra config arguments
+    root, config = Path(datasets.config.HF_DATASETS_CACHE) / path.replace("/", "___"), name or "default"
+    for prepared in (root.iterdir() if root.is_dir() else ()):
+        if (prepared.name == config or prepared.name.startswith(config + "-")) and any(prepared.rglob("*.arrow")):
+            return True
     repo = Path(hub.HF_HUB_CACHE) / ("datasets--" + path.replace("/", "--"))
     return (repo / "snapshots").is_dir() and any((repo / "snapshots").iterdir())
 
