@@ -230,3 +230,17 @@ def test_setup_fills_benchmark_defaults_and_says_where_from():
                        (dict(num_fewshot=-1), "num_fewshot")):
         with pytest.raises(params.ParameterError, match=match):
             params.setup(ns(**bad))
+
+
+def test_figure2_gains_come_from_05_results(tmp_path):
+    from linker_nb.analyses import panel_tables
+    doc = {"study": "05_linker_memory", "model": "qwen05b",
+           "benchmarks": {"capability_gain": {"mmlu": {"instruct": 1.5}, "arc_challenge": {"instruct": -2.0}}}}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({**doc, "model": "llama1b", "benchmarks": {"capability_gain": {"mmlu": {
+        "instruct": 8.0}}}}))
+    custom = {**doc, "model": None}
+    assert panel_tables.gains_from_results([doc, path, custom]) == {"qwen05b": 1.5, "llama1b": 8.0}
+    assert panel_tables.gains_from_results([doc], "arc_challenge") == {"qwen05b": -2.0}
+    with pytest.raises(ValueError, match="05_linker_memory"):
+        panel_tables.gains_from_results([{"study": "07_panel"}])

@@ -90,6 +90,10 @@ def test_benchmark_tables_gain_and_tuner(run):
     r = run()
     assert r["schema_version"] == 2 and r["defaults"]["benchmarks"].startswith("bundled")
     _check_benchmarks(r, ["instruct", "chat", "qa"])
+    from linker_nb.analyses import panel_tables  # Figure 2 (07) takes the default variant's gain from this JSON
+    gain = r["benchmarks"]["capability_gain"]["linker_builtin_docstring"]["instruct"]
+    assert panel_tables.gains_from_results([r], "linker_builtin_docstring") == {"tiny": gain}
+    assert panel_tables.gains_from_results([r]) == {}  # no MMLU here, no ΔMMLU
 
 
 def test_tighter_thresholds_and_budget_change_the_decision(run):
