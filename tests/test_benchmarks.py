@@ -244,3 +244,11 @@ def test_figure2_gains_come_from_05_results(tmp_path):
     assert panel_tables.gains_from_results([doc], "arc_challenge") == {"qwen05b": -2.0}
     with pytest.raises(ValueError, match="05_linker_memory"):
         panel_tables.gains_from_results([{"study": "07_panel"}])
+
+
+def test_an_uncached_tuner_task_says_which_parameter_to_change(monkeypatch):
+    def missing(manager, names):
+        raise task_data.DatasetNotCached(f"dataset 'baber/piqa' of {list(names)} is not cached")
+    monkeypatch.setattr(task_data, "require_local", missing)
+    with pytest.raises(task_data.DatasetNotCached, match="(?s)baber/piqa.*-p tuner_task"):
+        bench.task_objective("linker_pydoc_continuation", None)

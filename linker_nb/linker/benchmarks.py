@@ -210,7 +210,11 @@ class Objective:
 def task_objective(task: str, tokenizer, *, batch_size: int = 8, num_fewshot: int | None = None,
                    limit: int | None = None) -> Objective:
     """An lm-eval task's score as a tuner objective (its data checked and its task loaded once, here)."""
-    suite = prepare([task], num_fewshot=num_fewshot, limit=limit)
+    try:
+        suite = prepare([task], num_fewshot=num_fewshot, limit=limit)
+    except task_data.DatasetNotCached as e:
+        raise task_data.DatasetNotCached(f"{e}\nThis is the App. E tuner's task ({task!r}); or give it another, "
+                                         f"cached task: -p tuner_task <name>.") from None
     return Objective(task, lambda m: evaluate(m, tokenizer, suite, batch_size=batch_size)[task])
 
 
