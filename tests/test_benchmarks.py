@@ -61,6 +61,15 @@ def test_prepare_keeps_the_settings_and_an_empty_list_runs_nothing(suite):
         bench.prepare(task_data.BUNDLED_TASKS, limit=0)
 
 
+def test_a_group_scores_the_mean_over_its_tasks_items(tiny):
+    """The path MMLU takes (a group of 57 subject tasks): one score per group, weighted by task size."""
+    fam, tok, unshared, _ = tiny
+    s = bench.prepare(["linker_bundled", *task_data.BUNDLED_TASKS], limit=LIMIT)
+    assert s.settings["linker_bundled"]["n_tasks"] == 2 and len(s.datasets["linker_bundled"]) == 2
+    score = bench.evaluate(unshared, tok, s)
+    assert score["linker_bundled"] == pytest.approx(sum(score[t] for t in task_data.BUNDLED_TASKS) / 2)
+
+
 def test_shared_equals_unshared_when_no_block_is_shared(tiny, suite, tmp_path):
     fam, tok, unshared, memory = tiny
     linker = memory.Linker(fam.base, tau_cos=fam.tau_cos, tau_frob=fam.tau_frob, device="cpu", dtype="float32",

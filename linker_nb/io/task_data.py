@@ -7,6 +7,7 @@ the embedded corpus, `linker_nb.io.corpus`), so the embedded families' benchmark
   follows it (three distractors are continuations of other passages). No `tiny` variant saw these topics.
 * `linker_builtin_docstring`: "Q: What does `len` do?\\nA:"; which of four builtin docstrings' first six words
   answer it. The `qa` post-training set is made of such pairs, so its variant has a capability to gain.
+* `linker_bundled`: both, as a group scored like MMLU's (the mean over all items).
 
 Every other lm-eval task reads a Hugging Face dataset. `require_local` checks, before anything is evaluated,
 that each one is in the local datasets cache (nothing is downloaded here), and otherwise raises
@@ -178,7 +179,8 @@ def task_datasets(manager, name: str) -> list[dict]:
         ds = {"path": cfg.get("dataset_path"), "name": cfg.get("dataset_name"),
               "local": "custom_dataset" in cfg or cfg.get("dataset_path") in _LOCAL_BUILDERS,
               "data_files": kw.get("data_files"), "task": cfg.get("task")}
-        key = (ds["path"], ds["name"], json.dumps(ds["data_files"], sort_keys=True, default=str))
+        key = (ds["path"], ds["name"], json.dumps(ds["data_files"], sort_keys=True, default=str),
+               ds["task"] if ds["path"] is None else None)  # tasks that read their own data are each one
         if key not in keys:
             keys.add(key)
             out.append(ds)
