@@ -109,7 +109,8 @@ def test_retention_gain_and_tables_follow_from_the_scores():
     t7 = bench.table7(scores, {"instruct": paper["table7"]})
     assert t7.loc[("(base)", "base"), "MMLU"] == pytest.approx(40.0)
     assert t7.loc[("instruct", "shared"), "ARC"] == pytest.approx(10.0)
-    assert t7.loc[("instruct", "paper instruct"), "MMLU"] == 45.8 and t7.loc[("instruct", "paper shared"), "ARC"] == 32.3
+    assert t7.loc[("instruct", "paper instruct"), "MMLU"] == 45.8
+    assert t7.loc[("instruct", "paper shared"), "ARC"] == 32.3
 
 
 def test_registry_table7_matches_table6_where_both_are_given():
@@ -227,8 +228,9 @@ def test_setup_fills_benchmark_defaults_and_says_where_from():
     from linker_nb.nb import params
     ann = {"model": str, "variants": "Optional[list]", "benchmarks": "Optional[list]", "tuner_task": "Optional[str]",
            "num_fewshot": "Optional[int]", "benchmark_limit": "Optional[int]", "results_json": str}
-    ns = lambda **kw: {"__annotations__": ann, **dict(model="tiny", variants=None, benchmarks=None, tuner_task=None,  # noqa: E731
-                                                      num_fewshot=None, benchmark_limit=None, results_json=""), **kw}
+    defaults = dict(model="tiny", variants=None, benchmarks=None, tuner_task=None, num_fewshot=None,
+                    benchmark_limit=None, results_json="")
+    ns = lambda **kw: {"__annotations__": ann, **defaults, **kw}  # noqa: E731
     run = params.setup(ns())
     assert run.benchmarks == list(task_data.BUNDLED_TASKS) and run.tuner_task == task_data.BUNDLED_TASKS[0]
     assert "embedded" in run.defaults["benchmarks"]

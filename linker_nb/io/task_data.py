@@ -23,12 +23,14 @@ from typing import Iterable
 
 from . import corpus as _corpus
 
-__all__ = ["BUNDLED_DIR", "BUNDLED_TASKS", "DatasetNotCached", "UnknownTask", "build_items", "load_items",
+__all__ = ["BUNDLED_DIR", "BUNDLED_TASKS", "BUNDLED_NAMES", "DatasetNotCached", "UnknownTask", "build_items",
+           "load_items",
            "bundled_dataset", "write_bundled_items", "stale_bundled_items", "task_datasets", "is_cached",
            "require_local"]
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "_data" / "lmeval"
 BUNDLED_TASKS = ("linker_pydoc_continuation", "linker_builtin_docstring")
+BUNDLED_NAMES = (*BUNDLED_TASKS, "linker_bundled")   # the tasks and their group: all in BUNDLED_DIR
 N_ITEMS = 48         # items per bundled task: a few seconds per model on 2 cores for the tiny family
 N_CHOICES = 4
 _CONTEXT_WORDS, _CONTINUATION_WORDS = 16, 8
@@ -57,7 +59,8 @@ def _mc_item(query: str, answers: list[str], i: int) -> dict:
 
 
 def _continuation_items() -> list[dict]:
-    # Choices are all 8 words long, so the summed log-likelihood compares content, not length. Non-overlapping 24-word windows of the held-out pydoc paragraphs, in corpus order, spread over the set.
+    # Non-overlapping 24-word windows of the held-out pydoc paragraphs, in corpus order, spread over the set.
+    # Choices are all 8 words long, so the summed log-likelihood compares content, not length.
     windows = []
     for key, text in _corpus.prose_topics().items():
         if _corpus.topic_split(key) != "heldout":
@@ -142,7 +145,7 @@ def _leaf_configs(manager, name: str, seen: set[str]) -> Iterable[dict]:
     entry = manager.task_index.get(name)
     if entry is None:
         raise UnknownTask(f"lm-eval has no task, group or tag named {name!r} (lm-eval {_lm_eval_version()}; "
-                          f"bundled: {', '.join(BUNDLED_TASKS)}). List them with `lm-eval ls tasks`.")
+                          f"bundled: {', '.join(BUNDLED_NAMES)}). List them with `lm-eval ls tasks`.")
     if name in seen:
         return
     seen.add(name)
@@ -258,7 +261,7 @@ def require_local(manager, names: Iterable[str]) -> dict[str, list[dict]]:
             "\nCache them on a machine with Hugging Face Hub access (the commands above, or `lm-eval run --model "
             "dummy --tasks <task> --limit 1`) and copy ~/.cache/huggingface here (or point HF_DATASETS_CACHE / "
             "HF_HUB_CACHE at it); or drop the task from `benchmarks` (bundled offline tasks: "
-            f"{', '.join(BUNDLED_TASKS)}).")
+            f"{', '.join(BUNDLED_NAMES)}).")
     return found
 
 

@@ -23,7 +23,8 @@ from typing import Callable, Sequence
 from ..io import task_data
 
 __all__ = ["PAPER_BENCHMARKS", "PAPER_SETTINGS", "TUNER_TASK", "LmEvalMissing", "Suite", "Objective",
-           "is_embedded", "default_benchmarks", "default_tuner_task", "prepare", "evaluate", "evaluate_all", "retention",
+           "is_embedded", "default_benchmarks", "default_tuner_task", "prepare", "evaluate", "evaluate_all",
+           "retention",
            "capability_gain", "gain_table", "table6", "table7", "status"]
 
 PAPER_BENCHMARKS = ("mmlu", "arc_challenge", "hellaswag", "winogrande")   # lm-eval v0.4 names (App. D)
@@ -118,7 +119,7 @@ def prepare(names: Sequence[str], *, num_fewshot: int | None = None, limit: int 
     if num_fewshot is not None and num_fewshot < 0 or limit is not None and limit < 1:
         raise ValueError(f"num_fewshot = {num_fewshot} must be >= 0 and limit = {limit} >= 1")
     # lm-eval's own ~10k task files take ~15 s to index on 2 cores: skip them when only bundled tasks run
-    builtin = any(n not in task_data.BUNDLED_TASKS for n in names)
+    builtin = any(n not in task_data.BUNDLED_NAMES for n in names)
     manager = TaskManager(include_path=str(task_data.BUNDLED_DIR), include_defaults=builtin)
     datasets = task_data.require_local(manager, names)
     objects, settings = {}, {}
