@@ -125,7 +125,10 @@ def prepare(names: Sequence[str], *, num_fewshot: int | None = None, limit: int 
     objects, settings = {}, {}
     for name in names:
         loaded = manager.load([name])
-        obj = loaded["groups"].get(name) or loaded["tasks"][name]
+        obj = loaded["groups"].get(name) or loaded["tasks"].get(name)
+        if obj is None:  # a tag: lm-eval reports its tasks one by one, with no score of the tag itself
+            raise ValueError(f"{name!r} is an lm-eval tag of {len(loaded['tasks'])} tasks, which has no score of its "
+                             f"own; list its tasks instead: {sorted(loaded['tasks'])[:6]}")
         paper = PAPER_SETTINGS.get(name, {})
         shots = num_fewshot if num_fewshot is not None else paper.get("num_fewshot")
         leaves = obj.get_all_tasks() if isinstance(obj, Group) else [obj]
@@ -166,7 +169,7 @@ def evaluate(model, tokenizer, suite: Suite, *, batch_size: int = 8) -> dict[str
                               bootstrap_iters=0)
         key = f"{s['metric']},none"
         if key not in res["results"].get(name, {}):
-            raise KeyError(f"lm-eval reported no {s['metric']!r} for {name!r} (it reported "
+            raise ValueError(f"lm-eval reported no {s['metric']!r} for {name!r} (it reported "
                            f"{sorted(res['results'].get(name, {}))}); pick a multiple-choice task.")
         out[name] = float(res["results"][name][key])
     return out
