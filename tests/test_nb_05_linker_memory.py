@@ -10,7 +10,9 @@ pytestmark = [pytest.mark.notebook, pytest.mark.timeout(300)]
 @pytest.fixture(scope="module")
 def run(notebook_runner, tmp_path_factory):
     cache = str(tmp_path_factory.mktemp("plans"))
-    return lambda **kw: notebook_runner("05_linker_memory", model="tiny", plan_cache=cache, cpu_threads=1, **kw)
+    # benchmark_limit: 16 items of each bundled lm-eval task per model (48 in `make demo`)
+    return lambda **kw: notebook_runner("05_linker_memory", model="tiny", plan_cache=cache, cpu_threads=1,
+                                        benchmark_limit=16, **kw)
 
 
 def test_memory_tables_follow_from_the_shared_blocks(run):
@@ -56,6 +58,44 @@ def test_cold_start_quality_and_tuner(run):
     assert t["tau_frob"] == ok[-1]["tau_frob"] and t["blocks_shared"] == ok[-1]["blocks_shared"]
 
 
+def _check_benchmarks(r, variants):
+    """Tables 6-7, ΔMMLU and the benchmark tuner as they must be whatever the tiny models' skill."""
+    b = r["benchmarks"]
+    assert b["names"] == ["linker_pydoc_continuation", "linker_builtin_docstring"]  # tiny's default: bundled
+    assert all(s["limit"] == 16 and s["num_fewshot"] == 0 for s in b["settings"].values())
+    assert set(b["unshared"]) == set(b["shared"]) == set(b["retention"]) == set(variants)
+    for v in variants:
+        for n in b["names"]:
+            u, s = b["unshared"][v][n], b["shared"][v][n]
+            assert 0 <= u <= 1 and 0 <= s <= 1 and (u * 16).is_integer() and (s * 16).is_integer()  # k of 16 right
+            assert b["retention"][v][n] == (pytest.approx(s / u) if u else None)
+            assert b["capability_gain"][n][v] == pytest.approx(100 * (u - b["base"][n]))
+    assert b["delta_mmlu"] is None  # MMLU did not run
+    t = r["benchmark_tuner"]
+    assert t["objective"] == "linker_pydoc_continuation" and t["budget"] == r["tuner"]["budget"]
+    curve = t["curve"]
+    assert curve[0]["blocks_shared"] == 0 and curve[0]["score"] == t["reference"] and curve[0]["rel_drop"] == 0
+    for x in curve:
+        assert x["within_budget"] == (x["rel_drop"] <= t["budget"])
+    ok = [x for x in curve if x["within_budget"]]
+    assert t["tau_frob"] == ok[-1]["tau_frob"] and t["blocks_shared"] == ok[-1]["blocks_shared"]
+    rows = {x["objective"]: x for x in r["boundary_rule"]}
+    assert set(rows) == {"calibration loss", "linker_pydoc_continuation"}
+    for x, tuner in ((rows["calibration loss"], r["tuner"]), (rows["linker_pydoc_continuation"], t)):
+        assert x["eps_mean"] < 0.10 and not x["boundary"]  # tiny is inside the post-training band
+        assert x["tau_frob"] == x["tuner_tau_frob"] == tuner["tau_frob"]
+
+
+def test_benchmark_tables_gain_and_tuner(run):
+    r = run()
+    assert r["schema_version"] == 2 and r["defaults"]["benchmarks"].startswith("bundled")
+    _check_benchmarks(r, ["instruct", "chat", "qa"])
+    from linker_nb.analyses import panel_tables  # Figure 2 (07) takes the default variant's gain from this JSON
+    gain = r["benchmarks"]["capability_gain"]["linker_builtin_docstring"]["instruct"]
+    assert panel_tables.gains_from_results([r], "linker_builtin_docstring") == {"tiny": gain}
+    assert panel_tables.gains_from_results([r]) == {}  # no MMLU here, no ΔMMLU
+
+
 def test_tighter_thresholds_and_budget_change_the_decision(run):
     r = run(tau_frob=0.045, quality_budget=0.0, variants=["instruct"])
     (p,) = r["pairs"]
@@ -63,12 +103,14 @@ def test_tighter_thresholds_and_budget_change_the_decision(run):
     assert p["saving"] < 0.375 and [s["n"] for s in r["n_variant_scaling"]] == [1, 2]
     for x in r["tuner"]["curve"]:
         assert x["within_budget"] == (x["rel_drop"] <= 0.0)
+    _check_benchmarks(r, ["instruct"])
 
 
 @pytest.mark.parametrize("params,match", [
     (dict(quality_budget=1.5), "quality_budget"),
     (dict(variants=["nope"]), "nope"),
     (dict(tau_cos=2.0), "tau_cos"),
+    (dict(benchmarks=["arc_challenge"]), "allenai/ai2_arc"),  # not cached here: named, before any model loads
 ])
 def test_bad_parameters_fail_with_the_parameter_named(notebook_runner, params, match):
     import papermill as pm

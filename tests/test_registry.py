@@ -82,7 +82,12 @@ def plain(x):
 
 def test_data_file_reproduces_the_registry_before_it():
     before = json.loads(BEFORE.read_text())["REGISTRY"]  # families added since are checked by their own tests
-    now = {"REGISTRY": plain({k: v for k, v in registry.REGISTRY.items() if k in before}),
+    # and so are paper tables transcribed since: table7 (tests/test_benchmarks.py checks it against table6)
+    since = ("table7",)
+    fams = {k: dataclasses.replace(v, variants={n: dataclasses.replace(
+        x, paper={t: f for t, f in x.paper.items() if t not in since}) for n, x in v.variants.items()})
+        for k, v in registry.REGISTRY.items() if k in before}
+    now = {"REGISTRY": plain(fams),
            "CONSERVATIVE": plain(registry.CONSERVATIVE),
            "PAPER_INTERIOR_BAND": plain(registry.PAPER_INTERIOR_BAND), "TINY_DIR": plain(str(registry.TINY_DIR))}
     # Compared as text so that 1900 vs 1900.0 (int vs float) differs too.

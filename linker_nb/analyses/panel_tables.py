@@ -20,7 +20,8 @@ from .boundary import ALIGNED_COS_MIN, ALIGNED_EPS_MAX, Pair, PairResult, bounda
 from .panel import PanelPair, PanelRun
 from .records import ScanResult
 
-__all__ = ["PAPER_FIGURE2", "load", "thresholds", "table1", "depth_profiles", "table2", "table10", "figure2"]
+__all__ = ["PAPER_FIGURE2", "load", "thresholds", "table1", "depth_profiles", "table2", "table10", "figure2",
+           "gains_from_results"]
 
 # §3.1, Figure 2: Pearson r of eps-bar against Delta MMLU (instruct - base, lm-eval v0.4.11, 5-shot, n=30 per
 # subject) over the paper's 8 families. The paper prints no per-family Delta MMLU, only bands: "flat or
@@ -164,3 +165,28 @@ def regions(entries: list[Entry], cos_min: float = ALIGNED_COS_MIN, eps_max: flo
 
 
 __all__ += ["regions"]
+
+
+def gains_from_results(docs, benchmark: str = "mmlu") -> dict[str, float]:
+    """Figure 2's measured gains from 05_linker_memory results: family key -> capability gain (points) of the
+    family's default variant over its base on `benchmark` (ΔMMLU by default), for `figure2(entries, gains)`.
+
+    Args:
+        docs: results documents (dicts) or paths to their JSON files. A custom pair's (model null), one without
+            that benchmark, and one without the family's default variant add nothing.
+    """
+    import json
+    from pathlib import Path
+    gains = {}
+    for doc in docs:
+        if not isinstance(doc, dict):
+            doc = json.loads(Path(doc).read_text())
+        if doc.get("study") != "05_linker_memory":
+            raise ValueError(f"not a 05_linker_memory results document (study {doc.get('study')!r}); gains come "
+                             f"from 05's results JSON (-p results_json ...)")
+        gain = ((doc.get("benchmarks") or {}).get("capability_gain") or {}).get(benchmark) or {}
+        key = doc.get("model")
+        variant = registry.get(key).default_variant if key in registry.REGISTRY else None
+        if variant in gain and gain[variant] is not None:
+            gains[key] = float(gain[variant])
+    return gains

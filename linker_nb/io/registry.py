@@ -134,6 +134,8 @@ VARIANT_PAPER = {
     "table2": _opt({"cos": float, "eps": float}),
     "table4": _opt({"tau_frob": float, "shared": str, "naive_mib": int, "lazy_mib": int, "save": float}),
     "table6": _opt({"saved": float, "mmlu": int, "arc": int, "hellaswag": int, "winogrande": int}),
+    "table7": _opt({mode: {"mmlu": float, "arc": float, "hellaswag": float, "winogrande": float}
+                    for mode in ("instruct", "shared")}),  # absolute scores (%), unshared instruct vs shared
     "table9": _opt({"mean_eps": float, "maxK_mean": float, "global_max": float}),
     "table10": _opt({"eps_mean": float, "tightening": float}),
     "table13": _opt({"eps_mean": float}),

@@ -14,8 +14,8 @@ from ..analyses.loss import lm_loss, next_token_predictions
 from ..io import corpus as _corpus
 
 __all__ = ["prompt_set", "greedy_outputs", "generation_overlap", "compare", "compare_all", "table", "examples_table",
-           "lm_eval_status", "TunerResult",
-           "tune_threshold", "tuner_grid"]
+           "lm_eval_status", "TunerResult", "BOUNDARY_EPS",
+           "tune_threshold", "tuner_grid", "boundary_rule", "boundary_table"]
 
 
 PROMPT_KINDS = ("instruct", "qa")  # "chat" would parse every stdlib module with ast (~10 s) for 4 prompts
@@ -108,31 +108,34 @@ def examples_table(quality: dict):
 
 
 def lm_eval_status() -> str:
-    """Whether the paper's four benchmarks (MMLU, ARC-Challenge, HellaSwag, WinoGrande) can run here."""
-    try:
-        import lm_eval  # noqa: F401
-    except ImportError:
-        return ("lm-eval is not installed: the paper's four benchmarks (Tables 6-7) are not run here; held-out "
-                "loss, top-1 agreement and generation overlap stand in")
-    return "lm-eval is installed; its task data must also be in the local cache (no downloads here)"
+    """Whether lm-eval can run the benchmarks here (`benchmarks.status`)."""
+    from .benchmarks import status
+    return status()
 
 
 # -- threshold auto-tuner (App. E) ---------------------------------------------------------------------------
+BOUNDARY_EPS = 0.10   # App. E step 3: a scan with eps-bar above this is a boundary case
+
+
 @dataclass
 class TunerResult:
     """The tuner's curve and choice.
 
     Attributes:
-        budget: max acceptable relative calibration-loss increase.
-        curve: rows {tau_frob, blocks_shared, shared, bytes_saved, saving, loss, rel_drop, within_budget}.
+        budget: max acceptable relative quality drop (calibration-loss increase, or task-score decrease).
+        curve: rows {tau_frob, blocks_shared, shared, bytes_saved, saving, loss | score, rel_drop, within_budget}.
         tau_frob: the widest tau_frob within budget (None: not even sharing nothing qualifies).
         blocks_shared: blocks shared at that tau_frob.
+        objective: "calibration loss" or the lm-eval task whose score was kept within budget.
+        reference: the objective's value on the unshared variant (what rel_drop is relative to).
     """
     budget: float
     tau_cos: float
     curve: list[dict]
     tau_frob: float | None
     blocks_shared: int
+    objective: str = "calibration loss"
+    reference: float | None = None
 
     def table(self):
         import pandas as pd
@@ -148,44 +151,93 @@ def tuner_grid(plan, extra: tuple[float, ...] = ()) -> list[float]:
     return sorted(vals)
 
 
-def tune_threshold(linker, ref, plan, tokens: torch.LongTensor, budget: float, *, unshared=None,
-                   grid: list[float] | None = None, batch_size: int = 8) -> TunerResult:
-    """Appendix E: the widest tau_frob whose shared set keeps the relative calibration-loss increase <= budget.
+def _rel_drop(value: float, ref: float, higher_is_better: bool) -> float:
+    """Relative quality drop of `value` against the unshared `ref`: loss increase, or score decrease."""
+    diff = (ref - value) if higher_is_better else (value - ref)
+    if ref == 0:
+        return 0.0 if diff <= 0 else float("inf")  # a zero score cannot drop relatively; any loss is infinite
+    return diff / abs(ref)
+
+
+def tune_threshold(linker, ref, plan, tokens: torch.LongTensor | None, budget: float, *, unshared=None,
+                   grid: list[float] | None = None, batch_size: int = 8, objective=None) -> TunerResult:
+    """Appendix E: the widest tau_frob whose shared set keeps the relative quality drop <= budget.
 
     For each tau_frob on the grid the shared set comes from the plan's stored block table (no rescan) at the
-    linker's tau_cos; the recipient is lazily built with that set, its loss measured, then dropped.
+    linker's tau_cos; the recipient is lazily built with that set, scored, then dropped. Shared sets repeat
+    along the grid; each distinct one is scored once.
 
     Args:
         linker: a `aliasing.Linker` (its donor is the base).
         ref: the variant checkpoint.
         plan: its `SharePlan` against the linker's base.
-        tokens: [n, L] calibration tokens.
-        budget: max relative loss increase, e.g. 0.05 for 5%.
+        tokens: [n, L] calibration tokens (for the default objective; unused with `objective`).
+        budget: max relative drop, e.g. 0.05 for 5%.
         unshared: the variant loaded normally (loaded here when None).
         grid: tau_frob values (default `tuner_grid(plan)`).
+        objective: None for the calibration loss on `tokens` (relative increase), or a `benchmarks.Objective`
+            (e.g. `benchmarks.task_objective("piqa", tok)`: the relative decrease of an lm-eval task's score).
     """
     from ..io.models import load_model
     from .memory import storage_bytes
     if not budget >= 0:
-        raise ValueError(f"quality_budget = {budget} must be >= 0 (a relative loss increase, e.g. 0.05 for 5%)")
+        raise ValueError(f"quality_budget = {budget} must be >= 0 (a relative quality drop, e.g. 0.05 for 5%)")
+    if objective is None:
+        if tokens is None:
+            raise ValueError("the calibration-loss tuner needs calibration tokens, or pass an `objective`")
+        name, higher, key = "calibration loss", False, "loss"
+        measure = lambda m: lm_loss(m, tokens, batch_size)  # noqa: E731
+    else:
+        name, higher, key, measure = objective.name, objective.higher_is_better, "score", objective.score
     if unshared is None:
         unshared = load_model(ref, device=str(linker.device), dtype=linker.dtype)
-    base_loss = lm_loss(unshared, tokens, batch_size)
+    reference = measure(unshared)
     full = storage_bytes(unshared)
     curve, cache = [], {}
     for tau in grid if grid is not None else tuner_grid(plan):
         shared = tuple(i for i, m in enumerate(plan.mask(linker.tau_cos, tau)) if m)
         if shared not in cache:
-            name = f"_tuner_{len(cache)}"
-            model = linker.add(name, ref, shared=shared)
-            cache[shared] = (lm_loss(model, tokens, batch_size),
-                             full - (storage_bytes(linker.donor, model) - storage_bytes(linker.donor)))
-            linker.remove(name)
-        loss, saved = cache[shared]
-        rel = (loss - base_loss) / base_loss
+            tmp = f"_tuner_{len(cache)}"
+            model = linker.add(tmp, ref, shared=shared)
+            cache[shared] = (measure(model), full - (storage_bytes(linker.donor, model) - storage_bytes(linker.donor)))
+            linker.remove(tmp)
+        value, saved = cache[shared]
+        rel = _rel_drop(value, reference, higher)
         curve.append({"tau_frob": tau, "blocks_shared": len(shared), "shared": list(shared), "bytes_saved": saved,
-                      "saving": saved / full, "loss": loss, "rel_drop": rel, "within_budget": rel <= budget})
+                      "saving": saved / full, key: value, "rel_drop": rel, "within_budget": rel <= budget})
     ok = [row for row in curve if row["within_budget"]]
     best = ok[-1] if ok else None
     return TunerResult(budget=budget, tau_cos=linker.tau_cos, curve=curve,
-                       tau_frob=best["tau_frob"] if best else None, blocks_shared=best["blocks_shared"] if best else 0)
+                       tau_frob=best["tau_frob"] if best else None, blocks_shared=best["blocks_shared"] if best else 0,
+                       objective=name, reference=reference)
+
+
+def boundary_rule(plan, *tuners: TunerResult, eps_boundary: float = BOUNDARY_EPS) -> list[dict]:
+    """App. E step 3 over each tuner's choice: when the scan's eps-bar (mean eps(i) over blocks) exceeds
+    `eps_boundary`, the family is a boundary case and the recommendation stays at the conservative tier
+    (tau_cos 0.999, tau_frob 0.05) whatever the tuner found; otherwise the tuner's tau_frob stands.
+
+    Returns:
+        One row per tuner: {objective, eps_mean, boundary, tuner_tau_frob, tuner_blocks_shared, tau_cos,
+        tau_frob (recommended), blocks_shared (at the recommendation), rule}.
+    """
+    from ..io.registry import CONSERVATIVE
+    eps = [b["frob"] for b in plan.blocks if b["frob"] is not None]
+    eps_mean = sum(eps) / len(eps) if eps else float("nan")
+    boundary = eps_mean > eps_boundary
+    rows = []
+    for t in tuners:
+        tc, tf = CONSERVATIVE if boundary else (t.tau_cos, t.tau_frob)
+        n = sum(plan.mask(tc, tf)) if tf is not None else 0
+        rule = (f"eps-bar {eps_mean:.4f} > {eps_boundary}: boundary case, stay at the conservative tier"
+                if boundary else f"eps-bar {eps_mean:.4f} <= {eps_boundary}: the tuner's tau_frob stands")
+        rows.append({"objective": t.objective, "eps_mean": eps_mean, "boundary": boundary,
+                     "tuner_tau_frob": t.tau_frob, "tuner_blocks_shared": t.blocks_shared, "tau_cos": tc,
+                     "tau_frob": tf, "blocks_shared": n, "rule": rule})
+    return rows
+
+
+def boundary_table(rows: list[dict]):
+    """`boundary_rule`'s rows as a DataFrame, one row per tuner objective."""
+    import pandas as pd
+    return pd.DataFrame(rows).set_index("objective")

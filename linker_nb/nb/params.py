@@ -147,7 +147,7 @@ CHECKS: dict[str, Callable[[str, Any], None]] = {
     "cpu_threads": _at_least(0), "top_r": _at_least(1), "seed": _at_least(0),
     "device": _device, "dtype": _dtype, "corpus": _one_of(_corpora), "shared": _one_of(_shared_sets),
     "quality_budget": _budget, "variants": _all(str), "blocks": _all(int), "models": _all(str),
-    "n_workers": _at_least(0),
+    "n_workers": _at_least(0), "benchmarks": _all(str), "num_fewshot": _at_least(0), "benchmark_limit": _at_least(1),
 }
 
 
@@ -296,6 +296,20 @@ def _max_positions(ref: str) -> int | None:
     return n if isinstance(n, int) and n > 1 else None
 
 
+def _benchmark_defaults(p: dict[str, Any], defaults: dict[str, str], base_ref: str) -> None:
+    """05's lm-eval defaults: the paper's benchmarks and PIQA tuner (App. D, E), or the bundled offline tasks
+    when the donor is a checkpoint embedded in the package (the tiny family must run offline)."""
+    if "benchmarks" not in p and "tuner_task" not in p:
+        return
+    from ..linker import benchmarks as bench
+    embedded = bench.is_embedded(base_ref)
+    source = "bundled offline tasks (embedded family)" if embedded else "the paper's (App. D, E)"
+    if "benchmarks" in p and p["benchmarks"] is None:
+        p["benchmarks"], defaults["benchmarks"] = bench.default_benchmarks(embedded), source
+    if "tuner_task" in p and p["tuner_task"] is None:
+        p["tuner_task"], defaults["tuner_task"] = bench.default_tuner_task(embedded), source
+
+
 def setup(namespace: dict[str, Any]) -> Run:
     """Validate a notebook's parameters and fill the family's defaults: the cell after `parameters`.
 
@@ -335,6 +349,7 @@ def setup(namespace: dict[str, Any]) -> Run:
     for name, value in sizes.items():
         if name in p and p[name] is None:
             p[name], defaults[name] = value, source
+    _benchmark_defaults(p, defaults, base_ref)
     if p.get("tau_cos") is not None:
         check_thresholds(p["tau_cos"], p["tau_frob"])
     if p.get("cpu_threads"):

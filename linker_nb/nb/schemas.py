@@ -22,7 +22,7 @@ from .params import Run
 __all__ = ["SCHEMA_VERSION", "granularity_gap", "boundary", "permutation", "interpolation", "linker_memory",
            "spectral", "panel", "panel_thresholds"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: 05 adds benchmarks, benchmark_tuner, boundary_rule; its lm_eval says what ran
 
 
 def _doc(study: str, run: Run, **keys: Any) -> dict[str, Any]:
@@ -117,14 +117,23 @@ _QUALITY_KEYS = ("loss_unshared", "loss_shared", "rel_loss_increase", "top1_agre
 
 
 def linker_memory(run: Run, linker, pairs: list[dict], scaling: list[dict], cold: dict, quality: dict,
-                  corpus_name: str, tuner, n_checked: int, lm_eval: str) -> dict[str, Any]:
+                  corpus_name: str, tuner, n_checked: int, lm_eval: str, bench: dict | None = None,
+                  bench_tuner=None, boundary: list[dict] | None = None) -> dict[str, Any]:
     """05. Keys: variants, tau_cos, tau_frob, device, dtype; pairs [{variant, blocks_shared, n_blocks, bytes_naive,
     bytes_shared, saving, bytes_read, bytes_total}] (Table 4); n_variant_scaling [{n, bytes, bytes_naive, saving}]
     (Table 14); cold_start (Table 15, seconds); memory (`Linker.memory`); quality [{variant, loss_unshared,
     loss_shared, rel_loss_increase, top1_agreement, bleu, rouge_l, exact_match}]; lm_eval; eval_corpus;
     tuner {budget, tau_frob, blocks_shared, curve [{tau_frob, blocks_shared, saving, rel_drop, within_budget}]}
-    (App. E); integrity_checked.
+    (App. E); integrity_checked;
+    benchmarks (null when none ran) {names, settings {bench: {num_fewshot, limit, metric, n_tasks}}, base
+    {bench: score} (the donor), unshared / shared {variant: {bench: score}} (Table 7, scores in [0, 1]),
+    retention {variant: {bench: shared / unshared or null}} (Table 6), capability_gain {bench: {variant: points
+    over the base}}, delta_mmlu {variant: points} or null (Figure 2)};
+    benchmark_tuner (null when not run) {objective, reference, budget, tau_frob, blocks_shared, curve [{tau_frob,
+    blocks_shared, saving, score, rel_drop, within_budget}]}; boundary_rule [{objective, eps_mean, boundary,
+    tuner_tau_frob, tuner_blocks_shared, tau_cos, tau_frob, blocks_shared, rule}] (App. E step 3).
     """
+    from ..linker import benchmarks as b
     return _doc(
         "05_linker_memory", run, variants=list(quality), tau_cos=run.tau_cos, tau_frob=run.tau_frob,
         device=str(linker.device), dtype=str(linker.dtype).replace("torch.", ""),
@@ -137,7 +146,18 @@ def linker_memory(run: Run, linker, pairs: list[dict], scaling: list[dict], cold
         tuner={"budget": tuner.budget, "tau_frob": tuner.tau_frob, "blocks_shared": tuner.blocks_shared,
                "curve": [{k: r[k] for k in ("tau_frob", "blocks_shared", "saving", "rel_drop", "within_budget")}
                          for r in tuner.curve]},
-        integrity_checked=n_checked)
+        integrity_checked=n_checked,
+        benchmarks=None if bench is None else {
+            "names": bench["benchmarks"], "settings": bench["settings"], "base": bench["base"],
+            "unshared": bench["unshared"], "shared": bench["shared"], "retention": b.retention(bench),
+            "capability_gain": {n: b.capability_gain(bench, n) for n in bench["benchmarks"]},
+            "delta_mmlu": b.capability_gain(bench, "mmlu")},
+        benchmark_tuner=None if bench_tuner is None else {
+            "objective": bench_tuner.objective, "reference": bench_tuner.reference, "budget": bench_tuner.budget,
+            "tau_frob": bench_tuner.tau_frob, "blocks_shared": bench_tuner.blocks_shared,
+            "curve": [{k: r[k] for k in ("tau_frob", "blocks_shared", "saving", "score", "rel_drop",
+                                         "within_budget")} for r in bench_tuner.curve]},
+        boundary_rule=boundary)
 
 
 def spectral(run: Run, res, abl: dict, ev, grad) -> dict[str, Any]:
