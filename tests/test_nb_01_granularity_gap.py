@@ -62,3 +62,19 @@ def test_bad_parameters_fail_in_the_validation_cell(tmp_path):
         run_notebook("01_granularity_gap", tmp_path / "b", model="tiny", tau_cos="high")
     with pytest.raises(pm.PapermillExecutionError, match="not a cosine"):
         run_notebook("01_granularity_gap", tmp_path / "c", model="tiny", tau_cos=2.0)
+
+
+def test_moe_family_measures_every_expert_and_the_router(notebook_runner):
+    r = notebook_runner("01_granularity_gap", model="tiny-moe")
+    assert r["architecture"] == "qwen3_moe" and r["unknown_kind_tensors"] == []
+    # per block: q, k, v, o, q_norm, k_norm, 2 norms, router, 4 experts x (gate, up, down); + embed, norm, lm_head
+    assert r["n_blocks"] == 8 and r["n_tensors"] == 8 * (9 + 12) + 3
+    assert r["n_experts"] == 4 and "router" in r["moe_aggregation"]
+    cos, frob = r["experts"]["cos"], r["experts"]["frob"]
+    assert len(cos) == len(frob) == 8 and all(len(row) == 4 for row in cos + frob)      # blocks x experts
+    assert min(min(row) for row in cos) > 0.99 and max(max(row) for row in frob) < 0.1  # SFT moved each a little
+    assert [x["block"] for x in r["router"]] == list(range(8)) and all(x["cos"] > 0.99 for x in r["router"])
+    # the block mean includes the experts: it lies between the least and most changed expert's means
+    for b, row in zip(r["blocks"], frob):
+        assert b["frob_max"] >= max(row) and b["cos_min"] <= min(cos[b["index"]])
+    assert r["n_shareable"] == 8   # the family's registry thresholds share every SFT block

@@ -56,3 +56,30 @@ def test_bad_parameters_fail_in_the_validation_cell(tmp_path):
         run_notebook("03_permutation", tmp_path / "b", model="tiny", rescale_low=0.0)
     with pytest.raises(pm.PapermillExecutionError, match="parameter 'seed'"):
         run_notebook("03_permutation", tmp_path / "c", model="tiny", seed="one")
+
+
+# The embedded families of the new layouts: each control acts on that layout and is proved on its real layer.
+LAYOUT_CONTROLS = {"tiny-moe": ("qwen3_moe", {"ref", "mlp_perm", "head_perm", "rmsnorm", "expert_perm"}),
+                   "tiny-phi3": ("phi3", {"ref", "mlp_perm", "head_perm", "rmsnorm"}),
+                   "tiny-olmo2": ("olmo2", {"ref", "mlp_perm", "head_perm", "rmsnorm"})}
+
+
+@pytest.mark.parametrize("family", list(LAYOUT_CONTROLS))
+def test_controls_on_each_embedded_layout(notebook_runner, family):
+    r = notebook_runner("03_permutation", model=family)
+    model_type, controls = LAYOUT_CONTROLS[family]
+    c = r["controls"]
+    assert r["model_type"] == model_type and set(c) == controls and r["variant"].endswith("instruct")
+    assert max(r["relative_output_diff"].values()) <= TOL and c["ref"]["max_abs_output_diff"] == 0.0
+    assert c["ref"]["attn_cos"] > 0.99 and c["ref"]["mlp_cos"] > 0.99
+    # head permutation (q/k/v parts of phi3's fused qkv_proj; olmo2's full-width q/k norms carried along)
+    assert abs(c["head_perm"]["attn_cos"]) < 0.3 and c["head_perm"]["mlp_cos"] == c["ref"]["mlp_cos"]
+    # the MLP (every expert's, for MoE) hidden units permuted: attention untouched, MLP alignment gone
+    assert abs(c["mlp_perm"]["mlp_cos"]) < 0.1 and c["mlp_perm"]["attn_cos"] == c["ref"]["attn_cos"]
+    assert 0.8 < c["rmsnorm"]["attn_cos"] < c["ref"]["attn_cos"]
+    if family == "tiny-moe":    # experts and router rows permuted together: both alignments gone
+        e = c["expert_perm"]
+        assert abs(e["mlp_cos"]) < 0.1 and abs(e["router_cos"]) < 0.1 and e["attn_cos"] == c["ref"]["attn_cos"]
+        assert c["ref"]["router_cos"] > 0.99
+    if family == "tiny-olmo2":  # no norm feeds a projection: the rescalings the post-norm block admits instead
+        assert "post-norm" in r["notes"]["rmsnorm"]

@@ -116,3 +116,18 @@ def test_bad_parameters_fail_with_the_parameter_named(notebook_runner, params, m
     import papermill as pm
     with pytest.raises(pm.PapermillExecutionError, match=match):
         notebook_runner("05_linker_memory", model="tiny", cpu_threads=1, **params)
+
+
+def test_moe_blocks_are_aliased_whole_with_their_experts(notebook_runner, tmp_path_factory):
+    r = notebook_runner("05_linker_memory", model="tiny-moe", cpu_threads=1,
+                        plan_cache=str(tmp_path_factory.mktemp("moe_plans")))
+    (p,) = r["pairs"]
+    assert p["variant"] == "instruct" and p["blocks_shared"] == p["n_blocks"] == 8
+    # every block's 4 experts (gate, up: 96 x 64; down: 64 x 96) and router (4 x 64) held once, in float32
+    assert p["expert_bytes_aliased"] == 8 * (4 * 3 * 96 * 64 + 4 * 64) * 4 and p["expert_bytes_read"] == 0
+    assert p["bytes_read"] < 0.3 * p["bytes_total"]       # only embeddings, final norm, lm_head were read
+    assert 0.3 < p["saving"] < 0.5
+    # 11 module parameters per block: q, k, v, o, q_norm, k_norm, 2 norms, router, fused gate_up, down experts
+    assert r["integrity_checked"] == 8 * 11
+    (q,) = r["quality"]
+    assert abs(q["loss_shared"] - q["loss_unshared"]) / q["loss_unshared"] < 0.25 and q["top1_agreement"] > 0.4

@@ -23,14 +23,20 @@ pytestmark = pytest.mark.timeout(180)
 
 
 # -- pairs -----------------------------------------------------------------------------------------------------
+NEW_LAYOUTS = ["tiny-moe", "tiny-olmo2", "tiny-phi3"]     # MoE, post-norm, fused projections (registry order)
+
+
 def test_default_panel_is_every_embedded_family():
-    assert panel.embedded_families() == ["tiny"]
+    assert panel.embedded_families() == ["tiny", *NEW_LAYOUTS]
     pairs = panel.panel_pairs()
-    assert [p.label for p in pairs] == ["tiny base → instruct", "tiny base → chat", "tiny base → qa",
-                                        "tiny base → coder", "tiny base → scratch", "tiny instruct → coder"]
-    assert [p.default for p in pairs] == [True] + [False] * 5
-    assert pairs[-1].kind == "cross-variant" and pairs[0].base_ref == registry.get("tiny").base
-    assert panel.family_list(None, "qwen7b") == ["qwen7b"] and panel.family_list(None, "tiny") == ["tiny"]
+    assert [p.label for p in pairs[:6]] == ["tiny base → instruct", "tiny base → chat", "tiny base → qa",
+                                            "tiny base → coder", "tiny base → scratch", "tiny instruct → coder"]
+    assert [p.label for p in pairs[6:]] == [f"{k} {pair}" for k in NEW_LAYOUTS for pair in
+                                            ("base → instruct", "base → coder", "instruct → coder")]
+    assert [p.default for p in pairs] == [True] + [False] * 5 + [True, False, False] * 3
+    assert pairs[5].kind == pairs[-1].kind == "cross-variant" and pairs[0].base_ref == registry.get("tiny").base
+    assert panel.family_list(None, "qwen7b") == ["qwen7b"]
+    assert panel.family_list(None, "tiny") == panel.family_list(None, "tiny-moe") == ["tiny", *NEW_LAYOUTS]
 
 
 def test_paper_panel_and_vintage_pairs():

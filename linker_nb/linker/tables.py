@@ -22,7 +22,11 @@ def load_table(linker: Linker):
 
 
 def pair_table(linker: Linker) -> list[dict]:
-    """Table 4 per recipient: the donor + that recipient alone, naive (two independent models) vs shared bytes."""
+    """Table 4 per recipient: the donor + that recipient alone, naive (two independent models) vs shared bytes.
+
+    MoE recipients also say how many of those bytes are experts and router: `expert_bytes_aliased` (held once,
+    in the donor's aliased blocks) and `expert_bytes_read` (stored expert bytes read for the unique blocks);
+    both 0 for a dense model."""
     rows = []
     for name, model in linker.recipients.items():
         naive = storage_bytes(linker.donor) + storage_bytes(model)
@@ -30,7 +34,8 @@ def pair_table(linker: Linker) -> list[dict]:
         rep = linker.reports[name]
         rows.append({"variant": name, "blocks_shared": len(rep.shared), "n_blocks": len(decoder_layers(model)),
                      "bytes_naive": naive, "bytes_shared": shared, "saving": 1 - shared / naive,
-                     "bytes_read": rep.bytes_read, "bytes_total": rep.bytes_total})
+                     "bytes_read": rep.bytes_read, "bytes_total": rep.bytes_total,
+                     "expert_bytes_aliased": rep.expert_bytes_aliased, "expert_bytes_read": rep.expert_bytes_read})
     return rows
 
 
@@ -89,6 +94,9 @@ def table4(rows: list[dict], paper: dict[str, dict] | None = None):
         out.append({"variant": r["variant"], "shared": f"{r['blocks_shared']}/{r['n_blocks']}",
                     "naive MiB": _mib(r["bytes_naive"]), "lazy MiB": _mib(r["bytes_shared"]),
                     "save": r["saving"], "read from disk MiB": _mib(r["bytes_read"]),
+                    # MoE only (NaN columns of dense models are dropped below)
+                    "experts aliased MiB": _mib(r["expert_bytes_aliased"]) if r.get("expert_bytes_aliased") else None,
+                    "experts read MiB": _mib(r["expert_bytes_read"]) if r.get("expert_bytes_aliased") else None,
                     "paper shared": p.get("shared"), "paper naive MiB": p.get("naive_mib"),
                     "paper lazy MiB": p.get("lazy_mib"), "paper save": p.get("save")})
     return pd.DataFrame(out).set_index("variant").dropna(axis=1, how="all")

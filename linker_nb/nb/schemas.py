@@ -120,7 +120,8 @@ def linker_memory(run: Run, linker, pairs: list[dict], scaling: list[dict], cold
                   corpus_name: str, tuner, n_checked: int, lm_eval: str, bench: dict | None = None,
                   bench_tuner=None, boundary: list[dict] | None = None) -> dict[str, Any]:
     """05. Keys: variants, tau_cos, tau_frob, device, dtype; pairs [{variant, blocks_shared, n_blocks, bytes_naive,
-    bytes_shared, saving, bytes_read, bytes_total}] (Table 4); n_variant_scaling [{n, bytes, bytes_naive, saving}]
+    bytes_shared, saving, bytes_read, bytes_total, expert_bytes_aliased, expert_bytes_read}] (Table 4; the expert
+    bytes are MoE experts + router, 0 for dense models); n_variant_scaling [{n, bytes, bytes_naive, saving}]
     (Table 14); cold_start (Table 15, seconds); memory (`Linker.memory`); quality [{variant, loss_unshared,
     loss_shared, rel_loss_increase, top1_agreement, bleu, rouge_l, exact_match}]; lm_eval; eval_corpus;
     tuner {budget, tau_frob, blocks_shared, curve [{tau_frob, blocks_shared, saving, rel_drop, within_budget}]}
@@ -138,7 +139,8 @@ def linker_memory(run: Run, linker, pairs: list[dict], scaling: list[dict], cold
         "05_linker_memory", run, variants=list(quality), tau_cos=run.tau_cos, tau_frob=run.tau_frob,
         device=str(linker.device), dtype=str(linker.dtype).replace("torch.", ""),
         pairs=[{k: r[k] for k in ("variant", "blocks_shared", "n_blocks", "bytes_naive", "bytes_shared", "saving",
-                                  "bytes_read", "bytes_total")} for r in pairs],
+                                  "bytes_read", "bytes_total", "expert_bytes_aliased", "expert_bytes_read")}
+               for r in pairs],
         n_variant_scaling=[{k: r[k] for k in ("n", "bytes", "bytes_naive", "saving")} for r in scaling],
         cold_start=cold, memory=linker.memory(),
         quality=[{"variant": v, **{k: q[k] for k in _QUALITY_KEYS}} for v, q in quality.items()],
