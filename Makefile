@@ -40,7 +40,8 @@ demo: $(STAMP)
 # JupyterLab on notebooks/ with the linker-nb kernel (installed in .venv by `make env`); prints its URL.
 LAB_PORT ?= 8888
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --no-browser --port=$(LAB_PORT) \
+	@echo "JupyterLab on notebooks/ with the $(KERNEL) kernel: open the http://127.0.0.1:$(LAB_PORT)/lab?token=... URL it prints"
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --ServerApp.root_dir=notebooks --no-browser --port=$(LAB_PORT) \
 	  --MultiKernelManager.default_kernel_name=$(KERNEL) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 test: $(STAMP)

@@ -56,13 +56,18 @@ def test_tuner_without_choice_has_no_marker():
 
 
 def test_legends_sit_outside_the_plot_area():
-    """Horizontal legends go below the x axis (y < 0), never over the data."""
+    """Horizontal legends sit at the figure's bottom edge (container coordinates), in a margin grown to hold them:
+    under the x-axis title, never over the data."""
     blocks = [{"index": i, "cos": 0.999 - i * 1e-4, "frob": 0.01 + i * 0.01, "cos_min": 0.99, "frob_max": 0.1}
               for i in range(4)]
     figs = [plots.block_profile(blocks, 0.9992, 0.025), plots.tuner_curve(CURVE, 0.05, 0.02),
             plots.pair_profiles({"a": [0.1, 0.2]}, {"a": [0.99, 0.98]})]
     for fig in figs:
-        assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0
+        lg = fig.layout.legend
+        assert lg.orientation == "h" and lg.yref == "container" and lg.y == 0 and lg.yanchor == "bottom"
+        assert fig.layout.margin.b >= 114
+    many = plots.depth_profiles({f"pair {k}": {"depth": [0, 1], "eps": [0.1, 0.2]} for k in range(13)})
+    assert many.layout.margin.b == 90 + 24 * 4  # 13 entries, 4 a line
 
 
 def test_block_profile_highlights_the_shareable_blocks():
@@ -74,3 +79,13 @@ def test_block_profile_highlights_the_shareable_blocks():
     assert [list(t.x) for t in marked] == [[0, 2], [0, 2]]  # ε panel and cos panel
     assert list(marked[1].y) == [0.9995, 0.9999]
     assert not [t for t in plots.block_profile(blocks).data if t.name and t.name.startswith("shareable")]
+
+
+def test_nvariant_scaling_round_ticks_on_both_axes():
+    rows = [{"n": n, "bytes": (1 + 0.5 * (n - 1)) * 2**21, "bytes_naive": n * 2**21, "saving": 1 - (1 + 0.5 * (n - 1)) / n}
+            for n in range(1, 5)]
+    fig = plots.nvariant_scaling(rows)
+    assert fig.layout.xaxis.dtick == 1 and fig.layout.xaxis.tick0 == 1  # N is a count: no 1.5, 2.5
+    for axis, top in ((fig.layout.yaxis, 8.0), (fig.layout.yaxis2, 100.0)):
+        assert axis.tickmode == "linear" and _round_step(axis.dtick) and axis.range[0] == 0 and axis.range[1] >= top
+    assert fig.layout.yaxis2.showgrid is False

@@ -29,6 +29,18 @@ def _eps_cos_frame(titles: tuple[str, str], eps_line: tuple[str, float | None],
     return fig
 
 
+def _legend_below(fig: go.Figure, per_line: int = 4) -> go.Figure:
+    """A horizontal legend at the bottom of the figure (container coordinates), under the x-axis title, with the
+    bottom margin grown to hold it: a legend placed relative to the plot area (y=-0.15) landed on the axis title
+    when the figure was drawn narrower (in a widget's Output pane)."""
+    import math
+    entries = {t.legendgroup or t.name for t in fig.data if t.showlegend is not False and t.name}
+    lines = max(1, math.ceil(len(entries) / per_line))
+    fig.update_layout(legend=dict(orientation="h", yref="container", y=0, yanchor="bottom", x=0, xanchor="left"),
+                      margin=dict(b=90 + 24 * lines))
+    return fig
+
+
 def block_profile(blocks, tau_cos: float | None = None, tau_frob: float | None = None,
                   title: str = "") -> go.Figure:
     """Per-block epsilon(i) (top) and cos(i) (bottom), with threshold lines and shareable blocks marked.
@@ -57,8 +69,8 @@ def block_profile(blocks, tau_cos: float | None = None, tau_frob: float | None =
                                      legendgroup="shareable", showlegend=row == 1,
                                      marker=dict(color=PALETTE[2], size=12, symbol="circle-open", line=dict(width=2))),
                           row=row, col=1)
-    fig.update_layout(title=title, height=600, legend=dict(orientation="h", y=-0.15))
-    return fig
+    fig.update_layout(title=title, height=600)
+    return _legend_below(fig)
 
 
 def _shareable(block, tau_cos: float, tau_frob: float) -> bool:
@@ -116,8 +128,8 @@ def pair_profiles(frob: dict[str, Sequence[float]], cos: dict[str, Sequence[floa
             ys = list(data[label])
             fig.add_trace(go.Scatter(x=list(range(len(ys))), y=ys, mode="lines+markers", name=label,
                                      legendgroup=label, showlegend=row == 1, line=dict(color=color)), row=row, col=1)
-    fig.update_layout(title=title, height=600, legend=dict(orientation="h", y=-0.12))
-    return fig
+    fig.update_layout(title=title, height=620)
+    return _legend_below(fig)
 
 
 def control_bars(table, title: str = "") -> go.Figure:
@@ -186,7 +198,8 @@ def amplification_profile(factors: dict[str, Sequence[float | None]], band: tupl
         fig.add_trace(go.Scatter(x=[i / n for i in range(n)], y=list(ys), mode="lines+markers", name=label,
                                  line=dict(color=PALETTE[j % len(PALETTE)])))
     fig.add_hline(y=1, line=dict(color="grey", dash="dot"))
-    fig.update_layout(title=title, xaxis_title="relative depth i/L", yaxis_title="α(i) = d_i / d_{i−1}", height=400)
+    fig.update_layout(title=title, xaxis_title="relative depth i/L", height=400,
+                      yaxis_title="α(i) = d<sub>i</sub> / d<sub>i−1</sub>")
     return fig
 
 
@@ -211,9 +224,12 @@ def nvariant_scaling(rows: Sequence[dict], paper_mib: Sequence[float] | None = N
         fig.add_trace(go.Scatter(x=list(range(1, len(save) + 1)), y=save, mode="lines+markers",
                                  name="paper saving (%)", line=dict(color=PALETTE[1], dash="dot")), secondary_y=True)
     fig.update_layout(title=title or "N co-resident variants (Table 14)", barmode="overlay", height=400,
-                      xaxis_title="N (donor + N−1 recipients)")
-    fig.update_yaxes(title_text="MiB held", secondary_y=False)
-    fig.update_yaxes(title_text="saving vs naive (%)", range=[0, 100], secondary_y=True)
+                      xaxis_title="N (donor + N−1 recipients)", xaxis=dict(tickmode="linear", tick0=1, dtick=1))
+    # each y axis its own round ticks: left-grid-aligned ticks labelled the saving axis 23.7 / 47.4 / 71.1
+    fig.update_yaxes(title_text="MiB held", secondary_y=False,
+                     **nice_axis(0.0, max(r["bytes_naive"] for r in rows) / 2**20))
+    fig.update_yaxes(title_text="saving vs naive (%)", secondary_y=True, showgrid=False, zeroline=False,
+                     **nice_axis(0.0, 100.0))
     return fig
 
 
@@ -273,8 +289,8 @@ def tuner_curve(curve: Sequence[dict], budget: float, chosen: float | None = Non
                                  legendgroup="chosen", showlegend=False,
                                  marker=dict(color=PALETTE[3], size=14, symbol="circle-open", line=dict(width=3))),
                       secondary_y=True)
-    fig.update_layout(title=title or "Threshold auto-tuner (App. E)", height=430, xaxis_title="τ_frob",
-                      legend=dict(orientation="h", y=-0.25), margin=dict(b=110))
+    fig.update_layout(title=title or "Threshold auto-tuner (App. E)", height=450, xaxis_title="τ_frob")
+    _legend_below(fig)
     fig.update_yaxes(title_text="memory saved (%)", secondary_y=False,
                      **nice_axis(min(0.0, *saved), max(1.0, *saved)))
     fig.update_yaxes(title_text="loss increase (%)", secondary_y=True, showgrid=False, zeroline=False,
@@ -301,7 +317,7 @@ def sv_ratio_spectra(matrices, title: str = "") -> go.Figure:
             hovertemplate=f"block {r['block']} {r['sub']}<br>i/(k−1)=%{{x:.2f}}<br>ratio=%{{y:.4f}}<extra></extra>"))
     fig.add_hline(y=1, line=dict(color="grey", dash="dot"))
     fig.update_layout(title=title, xaxis_title="relative spectral index i/(k−1) (0 = largest σ)",
-                      yaxis_title="σ_i(W_var) / σ_i(W_base)", height=430)
+                      yaxis_title="σ<sub>i</sub>(W<sub>var</sub>) / σ<sub>i</sub>(W<sub>base</sub>)", height=430)
     return fig
 
 
@@ -354,8 +370,8 @@ def side_by_side(cmp: dict, title: str = "") -> go.Figure:
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_yaxes(type="log", row=2, col=1)
     fig.update_xaxes(title_text="block index i", row=2, col=1)
-    fig.update_layout(title=title, height=560, legend=dict(orientation="h", y=-0.15))
-    return fig
+    fig.update_layout(title=title, height=580)
+    return _legend_below(fig)
 
 
 __all__ += ["side_by_side"]
@@ -369,9 +385,9 @@ def depth_profiles(profiles: dict[str, dict], title: str = "", log_y: bool = Tru
     for j, (label, d) in enumerate(profiles.items()):
         fig.add_trace(go.Scatter(x=d["depth"], y=d["eps"], mode="lines+markers", name=label,
                                  line=dict(color=PALETTE[j % len(PALETTE)])))
-    fig.update_layout(title=title, xaxis_title="relative depth i / (n − 1)", yaxis_title="ε(i)", height=460,
-                      yaxis_type="log" if log_y else "linear", legend=dict(orientation="h", y=-0.2))
-    return fig
+    fig.update_layout(title=title, xaxis_title="relative depth i / (n − 1)", yaxis_title="ε(i)", height=480,
+                      yaxis_type="log" if log_y else "linear")
+    return _legend_below(fig)
 
 
 def gain_scatter(data: dict, title: str = "") -> go.Figure:

@@ -12,11 +12,14 @@ Measured on 2 busy cores: ~200 s for the 7 notebooks, most of it 04–06 executi
 """
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
-from conftest import ARTIFACTS, ROOT
+from browser_lab import ARTIFACTS, ROOT, browser, lab, page  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.browser
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 RUN_TIMEOUT_MS = 600_000  # a notebook's Run All (07 starts a Dask cluster; 05 evaluates quality)
@@ -37,7 +40,9 @@ _FIGURE_JS = r"""(gd) => {
     data: gd.data.map((t) => ({name: t.name, x: t.x, y: t.y, text: t.text, yaxis: t.yaxis || 'y'})),
     shapes: (gd.layout.shapes || []).map((s) => ({x0: s.x0, y0: s.y0, xref: s.xref, yref: s.yref})),
     ticks: axes,
-    legend: legend ? box(legend) : null,
+    legend: legend ? box(legend.querySelector('.bg') || legend) : null,
+    axis_text: Array.from(gd.querySelectorAll('g.g-xtitle text, g.g-ytitle text, g.g-y2title text, '
+                                              + 'g.xtick text, g.ytick text, g.y2tick text')).map(box),
     plots: Array.from(gd.querySelectorAll('.draglayer .nsewdrag')).map(box),
     annotations: Array.from(gd.querySelectorAll('g.annotation-text-g')).map((a) => ({text: a.textContent,
                                                                                       box: box(a)})),
@@ -105,6 +110,8 @@ def _check_figure(fig: dict, where: str) -> None:
     if fig["legend"]:
         for p in fig["plots"]:
             assert not _overlap(fig["legend"], p, slack=2.0), f"{where}: the legend covers a plot area"
+        for t in fig["axis_text"]:
+            assert not _overlap(fig["legend"], t), f"{where}: the legend covers an axis title or tick label"
     ann = fig["annotations"]
     for i, a in enumerate(ann):
         for b in ann[i + 1:]:
@@ -258,3 +265,51 @@ def test_notebook_in_jupyterlab(page, lab, path):
             WIDGET_CHECKS[path.stem](page, lab, cells.nth(i), name)
     else:
         assert cells.count() == 0, f"{name} has sliders but no check in WIDGET_CHECKS: add one"
+
+
+def test_report_pages_draw_every_figure(browser, lab, tmp_path):
+    """`make demo`'s report opened in chromium from disk: every figure of every notebook is drawn by plotly.js
+    and the page raises no script error. The notebooks are the ones the tests above ran and saved (a notebook
+    not run in this session is executed with papermill first)."""
+    import shutil
+
+    import papermill as pm
+
+    from linker_nb.nb import report
+
+    runs = tmp_path / "runs"
+    (runs / "tiny").mkdir(parents=True)
+    for path in NOTEBOOKS:
+        saved, dest = lab.root / path.name, runs / "tiny" / path.name
+        if any(c.get("outputs") for c in json.loads(saved.read_text())["cells"]):
+            shutil.copy(saved, dest)
+        else:
+            pm.execute_notebook(str(path), str(dest), parameters={"model": "tiny"}, kernel_name="linker-nb",
+                                execution_timeout=600, progress_bar=False, cwd=str(path.parent))
+    index = report.write_report(runs)
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = ctx.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(index.as_uri())
+        links = page.locator("a[href$='.html']")
+        assert links.count() == len(NOTEBOOKS)
+        for path in NOTEBOOKS:
+            nb = json.loads((runs / "tiny" / path.name).read_text())
+            n_figs = sum("application/vnd.plotly.v1+json" in o.get("data", {}) for c in nb["cells"]
+                         for o in c.get("outputs", []))
+            page.goto((runs / "tiny" / f"{path.stem}.html").as_uri(), wait_until="load")
+            page.wait_for_function(f"() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= {n_figs}",
+                                   timeout=60_000)
+            drawn = page.evaluate("() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
+                                  ".filter((g) => g.data && g.data.length > 0).length")
+            assert drawn == n_figs, f"report {path.stem}: {drawn} of {n_figs} figures drawn"
+            assert page.evaluate("() => typeof window.Plotly") == "object"
+        assert not [e for e in errors if "Plotly" in e or "plotly" in e], errors
+    except Exception:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "FAILED-report.png"), full_page=True)
+        raise
+    finally:
+        ctx.close()

@@ -1,4 +1,6 @@
-"""The browser tier: a real JupyterLab server driven by playwright in Debian's chromium (`make test-browser`).
+"""The browser tier's fixtures and helpers: a real JupyterLab server driven by playwright in Debian's chromium
+(`make test-browser`). test_lab.py imports the fixtures; there is no conftest.py here, so the `conftest` module the
+other tests import stays tests/conftest.py.
 
 Playwright's own browser download is not used (not reachable on CI): `chromium` from apt is launched through
 `executable_path` (`$CHROMIUM`, else `chromium` on PATH). The server runs on localhost with a random free port,
@@ -6,7 +8,7 @@ a random token, and a temporary root holding copies of the notebooks; its user s
 (every cell stays in the DOM, so outputs can be read) and the news poll.
 
 Artefacts go to `$LINKER_NB_BROWSER_ARTIFACTS` (default `runs/browser/`): a screenshot of every plotly figure
-(always), and a full-page screenshot plus the saved notebook when a test fails.
+(always), and a full-page screenshot plus the server's log when a test fails.
 """
 from __future__ import annotations
 
@@ -26,24 +28,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("LINKER_NB_BROWSER_ARTIFACTS", ROOT / "runs" / "browser"))
 
-_SETTINGS = {  # JupyterLab user settings for the test server
+SETTINGS = {  # JupyterLab user settings for the test server
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none",
                                                                   "autoStartDefaultKernel": True},
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
                                                                         "checkForUpdates": False},
 }
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if Path(str(item.fspath)).parent == Path(__file__).parent:
-            item.add_marker(pytest.mark.browser)
-
-
-@pytest.hookimpl(hookwrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item, call):
-    rep = (yield).get_result()
-    setattr(item, f"rep_{rep.when}", rep)  # the page fixture screenshots after a failed call
 
 
 def chromium_path() -> str:
@@ -54,7 +44,7 @@ def chromium_path() -> str:
     return path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -115,10 +105,10 @@ def lab(tmp_path_factory):
     root.mkdir()
     for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         shutil.copy(nb, root / nb.name)
-    for rel, value in _SETTINGS.items():
+    for rel, value in SETTINGS.items():
         (settings / rel).parent.mkdir(parents=True, exist_ok=True)
         (settings / rel).write_text(json.dumps(value))
-    port, token = _free_port(), secrets.token_hex(24)
+    port, token = free_port(), secrets.token_hex(24)
     log = base / "jupyter.log"
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime), "JUPYTERLAB_SETTINGS_DIR": str(settings),
            "JUPYTERLAB_WORKSPACES_DIR": str(base / "workspaces")}
@@ -165,12 +155,13 @@ def browser():
 
 @pytest.fixture
 def page(browser, request, lab):
+    """A fresh browser context per test; on failure a full-page screenshot and the server log are kept."""
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = ctx.new_page()
     pg.set_default_timeout(60_000)
+    failed_before = request.session.testsfailed
     yield pg
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
+    if request.session.testsfailed > failed_before:  # this test's call failed (reported before teardown)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         stem = request.node.name.replace("/", "_").replace("[", "-").rstrip("]")
         try:
