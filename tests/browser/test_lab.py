@@ -303,7 +303,7 @@ def test_report_pages_draw_every_figure(browser, lab, tmp_path):
             page.wait_for_function(f"() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= {n_figs}",
                                    timeout=60_000)
             drawn = page.evaluate("() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
-                                  ".filter((g) => g.data && g.data.length > 0).length")
+                                  ".filter((g) => Array.isArray(g.data) && g.querySelector('.main-svg')).length")
             assert drawn == n_figs, f"report {path.stem}: {drawn} of {n_figs} figures drawn"
             assert page.evaluate("() => typeof window.Plotly") == "object"
         assert not [e for e in errors if "Plotly" in e or "plotly" in e], errors
