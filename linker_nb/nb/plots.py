@@ -247,11 +247,14 @@ def nice_axis(lo: float, hi: float, n_ticks: int = 5) -> dict:
         raise ValueError(f"nice_axis needs finite bounds, got ({lo}, {hi})")
     if hi - lo <= 0:
         lo, hi = lo - 0.5, hi + 0.5
-    raw = (hi - lo) / max(n_ticks - 1, 1)
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw * (1 - 1e-9))
-    return {"range": [math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step], "tick0": 0,
-            "dtick": step, "tickmode": "linear"}
+    mag = 10 ** math.floor(math.log10((hi - lo) / max(n_ticks - 1, 1)))
+    # the finest round step that spans [lo, hi] in at most n_ticks + 1 intervals
+    step = next(m * mag for m in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20)
+                if math.ceil(hi / (m * mag) - 1e-9) - math.floor(lo / (m * mag) + 1e-9) <= n_ticks + 1)
+    step = float(f"{step:.12g}")  # 0.05, not 0.05000000000000001
+    return {"range": [float(f"{math.floor(lo / step + 1e-9) * step:.12g}"),
+                      float(f"{math.ceil(hi / step - 1e-9) * step:.12g}")],
+            "tick0": 0, "dtick": step, "tickmode": "linear"}
 
 
 def tuner_curve(curve: Sequence[dict], budget: float, chosen: float | None = None,
