@@ -8,7 +8,8 @@ is moved with the keyboard on its handle (End, or Home when already at the end) 
 readout text, the shareable / shared count, and the figure's threshold line and highlighted point to follow the
 new value, cross-checked against the numbers the headless run wrote to the results JSON.
 
-Measured on 2 busy cores: ~200 s for the 7 notebooks, most of it 04–06 executing; timeouts are generous.
+Measured on a shared 2-core machine (the 7 notebooks + the report page): 304 s at load ~5, 663-729 s at load
+8-11 (04's Run All took 57-297 s of its 600 s); the per-test timeout is 900 s.
 """
 from __future__ import annotations
 
