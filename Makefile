@@ -4,10 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
-MODEL ?= tiny
+# make demo FAMILIES=tiny runs one family; empty: every embedded family
+FAMILIES ?=
 KERNEL := linker-nb
 
-.PHONY: env demo test test-all tiny-family bench clean-runs
+.PHONY: env demo test test-all test-browser lab tiny-family bench clean-runs
 
 # torch==2.13.0 first: it resolves to the local CPU wheel; an unpinned torch would pull CUDA builds.
 $(STAMP): pyproject.toml
@@ -20,19 +21,35 @@ $(STAMP): pyproject.toml
 
 env: $(STAMP)
 
-# Every notebook on the embedded tiny family; executed notebooks and results JSON land in runs/.
+# Every notebook on every embedded family (linker_nb.analyses.panel.embedded_families()): executed notebooks and
+# results JSON land in runs/<family>/, then an HTML report: runs/<family>/<notebook>.html and runs/index.html.
 demo: $(STAMP)
-	@mkdir -p runs
-	@for nb in $(NOTEBOOKS); do \
-	  name=$$(basename $$nb .ipynb); \
-	  echo "== $$name (model=$(MODEL))"; \
-	  $(VENV)/bin/papermill $$nb runs/$$name.ipynb -k $(KERNEL) --execution-timeout 600 --no-progress-bar \
-	    -p model $(MODEL) -p results_json runs/$$name.json || exit 1; \
+	@families="$(FAMILIES)"; [ -n "$$families" ] || families=$$($(PY) -c \
+	  "from linker_nb.analyses.panel import embedded_families; print(' '.join(embedded_families()))"); \
+	for fam in $$families; do \
+	  mkdir -p runs/$$fam; \
+	  for nb in $(NOTEBOOKS); do \
+	    name=$$(basename $$nb .ipynb); \
+	    echo "== $$fam / $$name"; \
+	    $(VENV)/bin/papermill $$nb runs/$$fam/$$name.ipynb -k $(KERNEL) --execution-timeout 600 --no-progress-bar \
+	      -p model $$fam -p results_json runs/$$fam/$$name.json || exit 1; \
+	  done; \
 	done
-	@echo "executed notebooks and results JSON are in runs/"
+	@$(PY) -m linker_nb.nb.report runs
+
+# JupyterLab on notebooks/ with the linker-nb kernel (installed in .venv by `make env`); prints its URL.
+LAB_PORT ?= 8888
+lab: $(STAMP)
+	@echo "JupyterLab on notebooks/ with the $(KERNEL) kernel: open the http://127.0.0.1:$(LAB_PORT)/lab?token=... URL it prints"
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --ServerApp.root_dir=notebooks --no-browser --port=$(LAB_PORT) \
+	  --MultiKernelManager.default_kernel_name=$(KERNEL) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The browser tier: a real JupyterLab driven by playwright in Debian's chromium (apt-get install chromium).
+test-browser: $(STAMP)
+	$(PY) -m pytest -q -m browser tests/browser
 
 # Slow tier too (real checkpoints: needs Hub access or local copies).
 test-all: $(STAMP)

@@ -29,6 +29,18 @@ def _eps_cos_frame(titles: tuple[str, str], eps_line: tuple[str, float | None],
     return fig
 
 
+def _legend_below(fig: go.Figure, per_line: int = 4) -> go.Figure:
+    """A horizontal legend at the bottom of the figure (container coordinates), under the x-axis title, with the
+    bottom margin grown to hold it: a legend placed relative to the plot area (y=-0.15) landed on the axis title
+    when the figure was drawn narrower (in a widget's Output pane)."""
+    import math
+    entries = {t.legendgroup or t.name for t in fig.data if t.showlegend is not False and t.name}
+    lines = max(1, math.ceil(len(entries) / per_line))
+    fig.update_layout(legend=dict(orientation="h", yref="container", y=0, yanchor="bottom", x=0, xanchor="left"),
+                      margin=dict(b=90 + 24 * lines))
+    return fig
+
+
 def block_profile(blocks, tau_cos: float | None = None, tau_frob: float | None = None,
                   title: str = "") -> go.Figure:
     """Per-block epsilon(i) (top) and cos(i) (bottom), with threshold lines and shareable blocks marked.
@@ -49,15 +61,33 @@ def block_profile(blocks, tau_cos: float | None = None, tau_frob: float | None =
                              line=dict(color=PALETTE[1])), row=2, col=1)
     fig.add_trace(go.Scatter(x=idx, y=[r["cos_min"] for r in rows], mode="lines", name="min over K",
                              line=dict(color=PALETTE[1], dash="dot")), row=2, col=1)
-    fig.update_layout(title=title, height=560, legend=dict(orientation="h", y=-0.15))
-    return fig
+    if tau_cos is not None and tau_frob is not None:  # eq. (3)'s verdict, highlighted on both panels
+        mask = [_shareable(b, tau_cos, tau_frob) for b in blocks]
+        for row, key in ((1, "frob"), (2, "cos")):
+            fig.add_trace(go.Scatter(x=[i for i, m in zip(idx, mask) if m], y=[r[key] for r, m in zip(rows, mask) if m],
+                                     mode="markers", name=f"shareable ({sum(mask)}/{len(mask)})",
+                                     legendgroup="shareable", showlegend=row == 1,
+                                     marker=dict(color=PALETTE[2], size=12, symbol="circle-open", line=dict(width=2))),
+                          row=row, col=1)
+    fig.update_layout(title=title, height=600)
+    return _legend_below(fig)
+
+
+def _shareable(block, tau_cos: float, tau_frob: float) -> bool:
+    """Eq. (3) for a `BlockRecord` (its own rule, which also refuses non-finite blocks) or a results-JSON dict."""
+    if hasattr(block, "shareable"):
+        return block.shareable(tau_cos, tau_frob)
+    return block["cos"] is not None and block["frob"] is not None and block["cos"] >= tau_cos \
+        and block["frob"] <= tau_frob
 
 
 def subparam_heatmap(matrix, title: str = "", colorscale: str = "Viridis") -> go.Figure:
     """Heatmap of a blocks x sub-parameters DataFrame (`metrics.subparam_matrix`)."""
     fig = go.Figure(go.Heatmap(z=matrix.values, x=[str(c) for c in matrix.columns], y=list(matrix.index),
                                colorscale=colorscale, colorbar=dict(title="")))
-    fig.update_layout(title=title, xaxis_title="sub-parameter", yaxis_title="block", height=140 + 22 * len(matrix))
+    # long tensor names are slanted below the plot: leave them room, and the rows at least 22 px each
+    fig.update_layout(title=title, xaxis_title="sub-parameter", yaxis_title="block", height=300 + 22 * len(matrix),
+                      xaxis_tickangle=-35)
     return fig
 
 
@@ -98,8 +128,8 @@ def pair_profiles(frob: dict[str, Sequence[float]], cos: dict[str, Sequence[floa
             ys = list(data[label])
             fig.add_trace(go.Scatter(x=list(range(len(ys))), y=ys, mode="lines+markers", name=label,
                                      legendgroup=label, showlegend=row == 1, line=dict(color=color)), row=row, col=1)
-    fig.update_layout(title=title, height=600, legend=dict(orientation="h", y=-0.12))
-    return fig
+    fig.update_layout(title=title, height=620)
+    return _legend_below(fig)
 
 
 def control_bars(table, title: str = "") -> go.Figure:
@@ -168,7 +198,8 @@ def amplification_profile(factors: dict[str, Sequence[float | None]], band: tupl
         fig.add_trace(go.Scatter(x=[i / n for i in range(n)], y=list(ys), mode="lines+markers", name=label,
                                  line=dict(color=PALETTE[j % len(PALETTE)])))
     fig.add_hline(y=1, line=dict(color="grey", dash="dot"))
-    fig.update_layout(title=title, xaxis_title="relative depth i/L", yaxis_title="α(i) = d_i / d_{i−1}", height=400)
+    fig.update_layout(title=title, xaxis_title="relative depth i/L", height=400,
+                      yaxis_title="α(i) = d<sub>i</sub> / d<sub>i−1</sub>")
     return fig
 
 
@@ -193,39 +224,84 @@ def nvariant_scaling(rows: Sequence[dict], paper_mib: Sequence[float] | None = N
         fig.add_trace(go.Scatter(x=list(range(1, len(save) + 1)), y=save, mode="lines+markers",
                                  name="paper saving (%)", line=dict(color=PALETTE[1], dash="dot")), secondary_y=True)
     fig.update_layout(title=title or "N co-resident variants (Table 14)", barmode="overlay", height=400,
-                      xaxis_title="N (donor + N−1 recipients)")
-    fig.update_yaxes(title_text="MiB held", secondary_y=False)
-    fig.update_yaxes(title_text="saving vs naive (%)", range=[0, 100], secondary_y=True)
+                      xaxis_title="N (donor + N−1 recipients)", xaxis=dict(tickmode="linear", tick0=1, dtick=1))
+    # each y axis its own round ticks: left-grid-aligned ticks labelled the saving axis 23.7 / 47.4 / 71.1
+    fig.update_yaxes(title_text="MiB held", secondary_y=False,
+                     **nice_axis(0.0, max(r["bytes_naive"] for r in rows) / 2**20))
+    fig.update_yaxes(title_text="saving vs naive (%)", secondary_y=True, showgrid=False, zeroline=False,
+                     **nice_axis(0.0, 100.0))
     return fig
+
+
+def nice_axis(lo: float, hi: float, n_ticks: int = 5) -> dict:
+    """Axis settings with round ticks: a step of 1, 2 or 5 x 10^k, the range widened to whole steps.
+
+    Two y axes on one plot each get their own round ticks this way instead of plotly aligning the right axis's
+    ticks to the left axis's grid (which labelled the tuner's loss axis 4.94 / 2.18 / -0.57).
+
+    Returns:
+        {"range": [lo', hi'], "tick0": 0, "dtick": step, "tickmode": "linear"} with lo' <= lo < hi <= hi'.
+    """
+    import math
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"nice_axis needs finite bounds, got ({lo}, {hi})")
+    if hi - lo <= 0:
+        lo, hi = lo - 0.5, hi + 0.5
+    mag = 10 ** math.floor(math.log10((hi - lo) / max(n_ticks - 1, 1)))
+    # the finest round step that spans [lo, hi] in at most n_ticks + 1 intervals
+    step = next(m * mag for m in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20)
+                if math.ceil(hi / (m * mag) - 1e-9) - math.floor(lo / (m * mag) + 1e-9) <= n_ticks + 1)
+    step = float(f"{step:.12g}")  # 0.05, not 0.05000000000000001
+    return {"range": [float(f"{math.floor(lo / step + 1e-9) * step:.12g}"),
+                      float(f"{math.ceil(hi / step - 1e-9) * step:.12g}")],
+            "tick0": 0, "dtick": step, "tickmode": "linear"}
 
 
 def tuner_curve(curve: Sequence[dict], budget: float, chosen: float | None = None,
                 title: str = "") -> go.Figure:
-    """App. E auto-tuner: memory saved and relative quality drop against τ_frob, budget line, chosen τ marked.
+    """App. E auto-tuner: memory saved (left axis) and relative quality drop (right axis) against τ_frob, the
+    budget as a dashed line on the loss axis, the chosen τ marked on both curves.
+
+    Each axis has its own round ticks (`nice_axis`) and no grid is shared between them. The legend sits below
+    the plot, so it never covers the curves.
 
     Args:
         curve: `quality.TunerResult.curve` rows {tau_frob, blocks_shared, saving, rel_drop}.
         budget: the quality budget (relative loss increase).
-        chosen: the selected τ_frob (a vertical line), or None.
+        chosen: the selected τ_frob (a vertical line and a highlighted point on each curve), or None.
     """
     x = [r["tau_frob"] for r in curve]
+    saved = [100 * r["saving"] for r in curve]
+    drop = [100 * r["rel_drop"] for r in curve]
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Scatter(x=x, y=[100 * r["saving"] for r in curve], mode="lines+markers", line_shape="hv",
+    fig.add_trace(go.Scatter(x=x, y=saved, mode="lines+markers", line_shape="hv",
                              name="recipient memory saved (%)", line=dict(color=PALETTE[0]),
                              text=[f"{r['blocks_shared']} blocks" for r in curve]), secondary_y=False)
-    fig.add_trace(go.Scatter(x=x, y=[100 * r["rel_drop"] for r in curve], mode="lines+markers", line_shape="hv",
+    fig.add_trace(go.Scatter(x=x, y=drop, mode="lines+markers", line_shape="hv",
                              name="calibration loss increase (%)", line=dict(color=PALETTE[3])), secondary_y=True)
-    fig.add_hline(y=100 * budget, line=dict(color=PALETTE[3], dash="dash"), secondary_y=True,
-                  annotation_text=f"budget {budget:.1%}")
+    # the budget is a trace on the loss axis (not add_hline: its label went to the memory axis)
+    fig.add_trace(go.Scatter(x=[min(x), max(x)], y=[100 * budget] * 2, mode="lines", name=f"budget {budget:.1%}",
+                             line=dict(color=PALETTE[3], dash="dash"), hoverinfo="skip"), secondary_y=True)
     if chosen is not None:
-        fig.add_vline(x=chosen, line=dict(color="grey", dash="dot"), annotation_text=f"τ_frob={chosen:.4g}")
-    fig.update_layout(title=title or "Threshold auto-tuner (App. E)", height=400, xaxis_title="τ_frob")
-    fig.update_yaxes(title_text="memory saved (%)", secondary_y=False)
-    fig.update_yaxes(title_text="loss increase (%)", secondary_y=True)
+        k = min(range(len(x)), key=lambda i: abs(x[i] - chosen))
+        fig.add_vline(x=chosen, line=dict(color="grey", dash="dot"))
+        fig.add_trace(go.Scatter(x=[chosen], y=[saved[k]], mode="markers", name=f"τ_frob={chosen:.4g}",
+                                 legendgroup="chosen", marker=dict(color=PALETTE[0], size=14, symbol="circle-open",
+                                                                   line=dict(width=3))), secondary_y=False)
+        fig.add_trace(go.Scatter(x=[chosen], y=[drop[k]], mode="markers", name=f"τ_frob={chosen:.4g}",
+                                 legendgroup="chosen", showlegend=False,
+                                 marker=dict(color=PALETTE[3], size=14, symbol="circle-open", line=dict(width=3))),
+                      secondary_y=True)
+    fig.update_layout(title=title or "Threshold auto-tuner (App. E)", height=450, xaxis_title="τ_frob")
+    _legend_below(fig)
+    fig.update_yaxes(title_text="memory saved (%)", secondary_y=False,
+                     **nice_axis(min(0.0, *saved), max(1.0, *saved)))
+    fig.update_yaxes(title_text="loss increase (%)", secondary_y=True, showgrid=False, zeroline=False,
+                     **nice_axis(min(0.0, *drop), max(100 * budget, *drop) * 1.05))
     return fig
 
 
-__all__ += ["nvariant_scaling", "tuner_curve"]
+__all__ += ["nvariant_scaling", "tuner_curve", "nice_axis"]
 
 
 def sv_ratio_spectra(matrices, title: str = "") -> go.Figure:
@@ -244,7 +320,7 @@ def sv_ratio_spectra(matrices, title: str = "") -> go.Figure:
             hovertemplate=f"block {r['block']} {r['sub']}<br>i/(k−1)=%{{x:.2f}}<br>ratio=%{{y:.4f}}<extra></extra>"))
     fig.add_hline(y=1, line=dict(color="grey", dash="dot"))
     fig.update_layout(title=title, xaxis_title="relative spectral index i/(k−1) (0 = largest σ)",
-                      yaxis_title="σ_i(W_var) / σ_i(W_base)", height=430)
+                      yaxis_title="σ<sub>i</sub>(W<sub>var</sub>) / σ<sub>i</sub>(W<sub>base</sub>)", height=430)
     return fig
 
 
@@ -297,8 +373,8 @@ def side_by_side(cmp: dict, title: str = "") -> go.Figure:
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_yaxes(type="log", row=2, col=1)
     fig.update_xaxes(title_text="block index i", row=2, col=1)
-    fig.update_layout(title=title, height=560, legend=dict(orientation="h", y=-0.15))
-    return fig
+    fig.update_layout(title=title, height=580)
+    return _legend_below(fig)
 
 
 __all__ += ["side_by_side"]
@@ -312,9 +388,9 @@ def depth_profiles(profiles: dict[str, dict], title: str = "", log_y: bool = Tru
     for j, (label, d) in enumerate(profiles.items()):
         fig.add_trace(go.Scatter(x=d["depth"], y=d["eps"], mode="lines+markers", name=label,
                                  line=dict(color=PALETTE[j % len(PALETTE)])))
-    fig.update_layout(title=title, xaxis_title="relative depth i / (n − 1)", yaxis_title="ε(i)", height=460,
-                      yaxis_type="log" if log_y else "linear", legend=dict(orientation="h", y=-0.2))
-    return fig
+    fig.update_layout(title=title, xaxis_title="relative depth i / (n − 1)", yaxis_title="ε(i)", height=480,
+                      yaxis_type="log" if log_y else "linear")
+    return _legend_below(fig)
 
 
 def gain_scatter(data: dict, title: str = "") -> go.Figure:
