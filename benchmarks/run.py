@@ -125,15 +125,11 @@ def read_stage(base: str, variant: str) -> int:
 
 
 def arith_stage(pairs, workers: int) -> None:
-    """The scan's arithmetic alone: `tensor_stats` over already-read, already-mapped pairs, with the scan's
-    thread layout (single-threaded torch ops, `workers` chunk threads)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """The scan's arithmetic alone: the fused kernel (`tensor_stats`) over already-read, already-mapped pairs on
+    `workers` threads, as the scan runs it."""
     from linker_nb.analyses import kernel
-    from linker_nb.io import models
-    with ThreadPoolExecutor(workers) as pool, models.torch_threads(1):
-        for x, y in pairs:
-            kernel.tensor_stats(x, y, kernel.CHUNK_ELEMS, pool if workers > 1 else None)
+    for x, y in pairs:
+        kernel.tensor_stats(x, y, kernel.CHUNK_ELEMS, workers)
 
 
 def measure_pair(base: str, variant: str, repeats: int = 3) -> dict:
