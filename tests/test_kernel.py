@@ -176,3 +176,54 @@ def test_identity_and_dedup_equal_hashing_everything(tmp_path):
     assert {t.name for t in r2.tensors if t.identical} == {"model.norm.weight", "model.layers.0.self_attn.v_proj.weight"}
     assert [t.cos for t in r2.tensors] == [t.cos for t in r.tensors]
     assert math.isnan(next(t for t in r.tensors if t.name.endswith("o_proj.weight")).base_norm)
+
+
+# -- the CUDA path -----------------------------------------------------------------------------------------
+def test_block_sums_match_float64():
+    """The GPU path's arithmetic, run on the CPU (device-agnostic): float32 blocks of 1024, float64 above."""
+    from linker_nb.analyses.kernel_cuda import block_sums
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        a, b = pair(70_001, dtype, seed=7)
+        got, ref = block_sums(a, b).tolist(), reference(a, b)
+        assert got == pytest.approx([ref[k] for k in kernel._SUMS], rel=1e-6)
+
+
+def test_unknown_device_is_a_clear_error():
+    a, b = pair(10, torch.float32)
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        tensor_stats(a, b, device="tpu")
+    if not torch.cuda.is_available():
+        assert tensor_stats(a, b, device="auto") == tensor_stats(a, b)  # auto without a GPU: the CPU kernel
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            tensor_stats(a, b, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_matches_cpu(dtype):
+    """Streamed through pinned buffers in pieces smaller than the tensor (the copy/compute overlap path), from a
+    CPU tensor and from a GPU tensor: the same sums as the CPU kernel to 1e-6."""
+    from linker_nb.analyses.kernel_cuda import tensor_stats_cuda
+    a, b = pair(3_000_017, dtype, seed=11)
+    a[5] = float("nan")
+    cpu = tensor_stats(a, b)
+    for got in (tensor_stats_cuda(a, b, piece=1 << 20), tensor_stats(a.cuda(), b.cuda(), device="cuda")):
+        assert got["nonfinite"] == cpu["nonfinite"] == 1
+    a[5] = 0.0
+    cpu = tensor_stats(a, b)
+    for got in (tensor_stats_cuda(a, b, piece=1 << 20), tensor_stats(a, b, device="auto")):
+        for k in kernel._SUMS:
+            assert got[k] == pytest.approx(cpu[k], rel=1e-6), k
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_scan_matches_cpu_scan():
+    import linker_nb
+    from pathlib import Path
+    tiny = Path(linker_nb.__file__).parent / "tiny_family"
+    c, g = scan(tiny / "base", tiny / "chat"), scan(tiny / "base", tiny / "chat", device="auto")
+    assert [t.name for t in c.tensors] == [t.name for t in g.tensors]
+    for x, y in zip(c.tensors, g.tensors):
+        assert y.frob == pytest.approx(x.frob, rel=1e-5) and y.identical == x.identical

@@ -179,8 +179,8 @@ def tensor_stats(a: torch.Tensor, b: torch.Tensor, chunk: int = CHUNK_ELEMS, thr
         chunk: elements per parallel task; the chunk partials are added in chunk order, so the result does not
             depend on `threads` (it may depend on `chunk` in the last bits).
         threads: numba threads for this call (default: numba's current setting).
-        device: "cpu", or "cuda"/"auto" for the GPU path (`kernel_cuda.tensor_stats_cuda`, same sums; "auto"
-            uses it when torch sees a GPU).
+        device: "cpu"; "cuda" / "cuda:N" for the GPU path (`kernel_cuda.tensor_stats_cuda`: same sums, streamed
+            from pinned host buffers); "auto": the GPU when torch sees one, else the CPU.
 
     Returns:
         dict with na2 = sum a^2, nb2 = sum b^2, d2 = sum (a-b)^2, l1a = sum|a|, l1b = sum|b|, l1d = sum|a-b|,
@@ -189,7 +189,7 @@ def tensor_stats(a: torch.Tensor, b: torch.Tensor, chunk: int = CHUNK_ELEMS, thr
         were both widened to float32: exact, but not the kernel a same-dtype pair runs).
 
     Raises:
-        ValueError: different element counts, or chunk < 1.
+        ValueError: different element counts, chunk < 1, or an unknown device.
     """
     if a.numel() != b.numel():
         raise ValueError(f"numel differs: {a.numel()} vs {b.numel()} (shapes {tuple(a.shape)}, {tuple(b.shape)})")
@@ -197,10 +197,12 @@ def tensor_stats(a: torch.Tensor, b: torch.Tensor, chunk: int = CHUNK_ELEMS, thr
         raise ValueError(f"chunk must be a positive number of elements, got {chunk}")
     if device != "cpu":
         from .kernel_cuda import cuda_available, tensor_stats_cuda
-        if device == "cuda" or (device == "auto" and cuda_available()):
+        if str(device).startswith("cuda"):
+            return tensor_stats_cuda(a, b, chunk, device=device)
+        if device != "auto":
+            raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' (or 'cuda:N') or 'auto'")
+        if cuda_available():
             return tensor_stats_cuda(a, b, chunk)
-        if device not in ("auto",):
-            raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'auto'")
     (x, kx, cx), (y, ky, cy) = stored_bits(a), stored_bits(b)
     mixed = kx != ky
     if mixed:  # two stored dtypes (e.g. bf16 against a dequantized f32): widen both to float32, exactly

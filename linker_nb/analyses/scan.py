@@ -20,7 +20,7 @@ __all__ = ["scan"]
 
 
 def scan(base, variant, *, progress: bool | None = None, hash_tensors: bool = True,
-         chunk: int = CHUNK_ELEMS, workers: int | None = None) -> ScanResult:
+         chunk: int = CHUNK_ELEMS, workers: int | None = None, device: str = "cpu") -> ScanResult:
     """Compare two checkpoints tensor by tensor, holding a few tensors in memory at a time.
 
     Every stored byte is read once: a prefetch thread maps the next pair's pages (memory-mapped,
@@ -39,6 +39,8 @@ def scan(base, variant, *, progress: bool | None = None, hash_tensors: bool = Tr
             see `ScanResult.identity_basis`) by hashing the candidates.
         chunk: elements per parallel task of the kernel (see `tensor_stats`).
         workers: threads computing the sums; default `torch.get_num_threads()`. Results do not depend on it.
+        device: where the sums run: "cpu" (the numba kernel), "cuda", or "auto" (the GPU when torch sees one,
+            streamed from pinned host buffers; see `kernel_cuda`).
 
     Returns:
         ScanResult with per-tensor records and per-block aggregates.
@@ -73,7 +75,7 @@ def scan(base, variant, *, progress: bool | None = None, hash_tensors: bool = Tr
                 stored = [f"{side}: {n}" for side, n in (("base", b_ck.note(nb)), ("variant", v_ck.note(nv))) if n]
                 p = _Pending(nb, nv, ib.dtype, iv.dtype, tuple(a.shape), len(records))
                 for part in arch.parts(role, tuple(a.shape), dims):
-                    rec, s = _record(name, role, part, a, b, nb, nv, iv, stored, chunk, workers)
+                    rec, s = _record(name, role, part, a, b, nb, nv, iv, stored, chunk, workers, device)
                     records.append(rec)
                     p.add(part.sub[len(role.sub):], bool(part.index), s)
                 pending.append(p)
@@ -150,14 +152,14 @@ def _identity(b_ck, v_ck, pending: list[_Pending], records: list[TensorRecord]) 
 
 
 def _record(name: str, role: Role, part: Part, a: torch.Tensor, b: torch.Tensor, nb: str, nv: str, iv,
-            stored_notes: list[str], chunk: int, workers: int) -> tuple[TensorRecord, dict]:
+            stored_notes: list[str], chunk: int, workers: int, device: str) -> tuple[TensorRecord, dict]:
     """The record of one measured piece (`Part`) of a tensor pair: the whole tensor, or one part of a fused
     tensor (its name gets the part's "[q]" / "[gate]" suffix; its hash is the tensor's, suffixed likewise, so
     dedup counts a part as identical exactly when its whole tensor is; `_identity` sets both after the pass, and
     until then `identical` means equal values). Stored bytes (`iv`: the variant's `TensorInfo`, quantized for
     GGUF) are shared out over the parts by element count. Returns the record and the kernel's sums."""
     pa, pb = (a[part.index], b[part.index]) if part.index else (a, b)
-    s = tensor_stats(pa, pb, chunk, workers)
+    s = tensor_stats(pa, pb, chunk, workers, device)
     suffix = part.sub[len(role.sub):]
     note = []
     if s["nonfinite"]:
