@@ -222,18 +222,19 @@ def test_interior_range_is_finite(tiny_pairs):
 @pytest.mark.parametrize("family", ARCH_FAMILIES)
 def test_fast_sweep_equals_the_loop(tiny_pairs, family):
     """Every family with a record (GPT-2's tuple-returning blocks, Gemma's soft-capping and sliding windows, MoE
-    routing): the sweep's L_i(α) equal the loop's to 1e-5 nats (measured: <= 1e-6), weights restored."""
+    routing): the sweep's L_i(α) equal the loop's to 1e-5 nats (measured: <= 1e-6), weights restored. ~40 s for
+    all families at load 10 on 2 cores."""
     from linker_nb.analyses.sweep import per_block_sweep
     b, v = tiny_pairs(family)
     model = load_model(v, device="cpu", dtype="float32")
-    tokens = _tokens(n=5, seq=12)
+    tokens = _tokens(n=3, seq=10)  # batches of 2 rows and 1 row
     snap = _snapshot(model)
     path = I.WeightPath(model, b)
     alphas = [0.25, 0.5, 1.0]
-    loop = I.per_block_loop(model, path, tokens, alphas, [2, 0, 1], batch_size=2)
-    fast = per_block_sweep(model, path, tokens, alphas, [2, 0, 1], batch_size=2, max_stack_rows=4)  # 2 α groups
+    loop = I.per_block_loop(model, path, tokens, alphas, [2, 0], batch_size=2)
+    fast = per_block_sweep(model, path, tokens, alphas, [2, 0], batch_size=2, max_stack_tokens=40)  # α groups 2 + 1
     assert _same(model, snap)
-    assert len(fast) == 3 and all(len(r) == 3 for r in fast)
+    assert len(fast) == 2 and all(len(r) == 3 for r in fast)
     assert max(abs(x - y) for r, s in zip(loop, fast) for x, y in zip(r, s)) <= 1e-5
     assert loop[0] != loop[1]  # the comparison is not vacuous: blocks differ
 

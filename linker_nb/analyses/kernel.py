@@ -56,6 +56,13 @@ _cache_dir()
 import numba  # noqa: E402  (after NUMBA_CACHE_DIR is settled)
 from numba import njit, prange  # noqa: E402
 
+# numba's own work queue, not OpenMP, unless the user chose a layer: on the shared 2-core machine (load ~10) the
+# OpenMP layer ran the kernel at 0.2-0.9 GB/s (its threads spin beside torch's OpenMP team), the work queue at
+# 1.3-1.7 GB/s on the same mapped checkpoint, back to back. The work queue must not be entered from two threads
+# at once: `tensor_stats` serialises its calls (`_lock`).
+if not os.environ.get("NUMBA_THREADING_LAYER"):
+    numba.config.THREADING_LAYER = "workqueue"
+
 _FAST = {"reassoc", "contract"}  # vectorised reductions; NaN and Inf still propagate (no nnan / ninf)
 
 
