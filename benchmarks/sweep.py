@@ -11,7 +11,8 @@ path) on 4 x 256 tokens: `interpolation.per_block_loop` (a whole forward pass pe
 time falls with depth, so a subset of blocks must have the mean depth of all 30: the default is blocks 7 and 22
 (mean 14.5, as for 0..29), to keep `make bench` to minutes on the shared 2-core machine. The two are timed block
 by block, interleaved (sweep on block i, loop on block i, next block), so the sweep advances the hidden states
-through 7 + 22 = 29 blocks, as a full sweep over 30 blocks does. `--blocks all` runs every block. The largest difference between the two results is reported (target: <= 1e-5 nats).
+through 7 + 22 = 29 blocks, as a full sweep over 30 blocks does. `--blocks all` runs every block. The largest
+difference between the two results is reported (target: <= 1e-5 nats).
 
 Usage: python benchmarks/sweep.py [--blocks 7,22|all|start::step] [--threads 1]  (make bench runs it through run.py)
 """

@@ -153,7 +153,8 @@ def test_identity_and_dedup_equal_hashing_everything(tmp_path):
     var["model.norm.weight"] = base["model.norm.weight"].clone()                                   # identical
     var["model.layers.0.self_attn.k_proj.weight"] = base["model.layers.0.self_attn.q_proj.weight"].clone()  # dedup
     z = torch.zeros(8, 8, dtype=torch.bfloat16)
-    base["model.layers.0.self_attn.v_proj.weight"], var["model.layers.0.self_attn.v_proj.weight"] = z, -z  # bytes differ
+    v_name = "model.layers.0.self_attn.v_proj.weight"
+    base[v_name], var[v_name] = z, -z  # equal values and sums, different bytes
     nan = base["model.layers.0.self_attn.o_proj.weight"].clone()
     nan[0, 0] = float("nan")
     base["model.layers.0.self_attn.o_proj.weight"], var["model.layers.0.self_attn.o_proj.weight"] = nan, nan.clone()
@@ -166,14 +167,15 @@ def test_identity_and_dedup_equal_hashing_everything(tmp_path):
     want_identical = {n for n in names if hb[n] == hv[n]}
     assert want_identical == {"model.norm.weight", "model.layers.0.self_attn.o_proj.weight"}
     assert {t.name for t in r.tensors if t.identical} == want_identical and r.n_identical == 2
-    assert r.dedup_bytes == sum(vk.info(n).nbytes for n in names if hv[n] in set(hb.values())) == 16 + 128 + 128  # norm, k_proj = base q_proj, o_proj
+    want_dedup = sum(vk.info(n).nbytes for n in names if hv[n] in set(hb.values()))
+    assert r.dedup_bytes == want_dedup == 16 + 128 + 128  # norm, k_proj (= base q_proj), o_proj
     v = next(t for t in r.tensors if t.name.endswith("v_proj.weight"))
     assert not v.identical and v.base_hash and v.var_hash  # a candidate (equal sums), told apart by its hash
     hashed = {t.name for t in r.tensors if t.base_hash or t.var_hash}
     assert len(hashed) < len(names) and "model.layers.0.mlp.up_proj.weight" not in hashed
     r2 = scan(b_dir, v_dir, hash_tensors=False)
     assert r2.dedup_bytes == 0  # without hashes: "identical" means equal values, as before (+0.0 == -0.0)
-    assert {t.name for t in r2.tensors if t.identical} == {"model.norm.weight", "model.layers.0.self_attn.v_proj.weight"}
+    assert {t.name for t in r2.tensors if t.identical} == {"model.norm.weight", v_name}
     assert [t.cos for t in r2.tensors] == [t.cos for t in r.tensors]
     assert math.isnan(next(t for t in r.tensors if t.name.endswith("o_proj.weight")).base_norm)
 
