@@ -58,3 +58,23 @@ def test_bad_parameters_fail_in_the_validation_cell(tmp_path):
         run_notebook("04_interpolation", tmp_path / "b", model="tiny", shared="some")
     with pytest.raises(pm.PapermillExecutionError, match="at most 70 sequences of 256 fit"):
         run_notebook("04_interpolation", tmp_path / "c", model="tiny", n_sequences=1000)
+
+
+def test_per_block_paths_equal_the_plain_loop(notebook_runner):
+    """04's per-block paths come from the sweep (`sweep.per_block_sweep`); today's loop (a whole forward pass per
+    (block, α), `interpolation.per_block_loop`) on the same model, corpus and batches gives the same ΔL_i(α) to
+    1e-5 nats, on the first, a middle and the last block (all 8: 61 s at load 10 on 2 cores; every block of every
+    family is compared on small inputs in test_interpolation.py)."""
+    from linker_nb.analyses import interpolation, loss
+    from linker_nb.io import models
+    r = notebook_runner("04_interpolation", model="tiny")
+    lm = models.load_model(r["variant"], device="cpu", dtype="float32")
+    ev = loss.eval_corpus(models.load_tokenizer(r["variant"]), "auto", r["n_sequences"], r["seq_len"])
+    assert ev.name == r["corpus"]
+    path = interpolation.WeightPath(lm, r["base"])
+    blocks = [0, 3, 7]
+    loop = interpolation.per_block_loop(lm, path, ev.tokens, GRID[1:], blocks, batch_size=8)
+    assert loss.lm_loss(lm, ev.tokens, 8) == r["loss_variant"]
+    diff = [abs((x - r["loss_variant"]) - d) for row, i in zip(loop, blocks)
+            for x, d in zip(row, r["per_block_delta"][i][1:])]
+    assert len(diff) == 30 and max(diff) <= 1e-5

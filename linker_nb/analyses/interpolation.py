@@ -29,9 +29,11 @@ from ..io.architectures import get_architecture
 from ..io.conversions import ConversionError, Source, sources
 from ..io.models import decoder_layers, restoring
 from ..io.references import open_checkpoint
+from .sweep import per_block_sweep
 
 __all__ = ["DEFAULT_ALPHAS", "SHARED_SETS", "InterpolationError", "WeightPath", "check_alphas", "amplification",
-           "AmplificationResult", "InterpolationResult", "interpolation_scan", "substituted_blocks", "table13"]
+           "AmplificationResult", "InterpolationResult", "interpolation_scan", "per_block_loop", "substituted_blocks",
+           "table13"]
 
 DEFAULT_ALPHAS = tuple(round(0.1 * k, 1) for k in range(11))  # §3.4: α ∈ {0, 0.1, ..., 1.0}
 SHARED_SETS = ("all", "scan")
@@ -346,9 +348,27 @@ def substituted_blocks(how: str, n_blocks: int, base_ref=None, variant_ref=None,
     return [i for i, ok in enumerate(mask) if ok]
 
 
+def per_block_loop(model, path: WeightPath, tokens: torch.Tensor, alphas: list[float], blocks: list[int],
+                   batch_size: int = 8, progress=None) -> list[list[float]]:
+    """L_i(α) by the plain loop: for every block i and α, block i set to W_i(α) and the whole model evaluated.
+    The reference `sweep.per_block_sweep` is tested against (same arguments and result layout)."""
+    from .loss import lm_loss
+    out = []
+    for i in blocks:
+        row = []
+        with path.hold(path.names([i])) as set_alpha:
+            for a in alphas:
+                set_alpha(a)
+                row.append(lm_loss(model, tokens, batch_size))
+                if progress is not None:
+                    progress.update()
+        out.append(row)
+    return out
+
+
 def interpolation_scan(model, base_ref, tokens, alphas=DEFAULT_ALPHAS, *, blocks=None,
-                       non_block: bool = True, batch_size: int = 8, progress: bool | None = None
-                       ) -> InterpolationResult:
+                       non_block: bool = True, batch_size: int = 8, progress: bool | None = None,
+                       fast: bool = True) -> InterpolationResult:
     """Every per-block path, the full-model path and (optionally) the all-tensor path, on one loaded model.
 
     Args:
@@ -361,6 +381,9 @@ def interpolation_scan(model, base_ref, tokens, alphas=DEFAULT_ALPHAS, *, blocks
             the base model, so `loss_base` is only measured when this is on.
         batch_size: rows per forward pass.
         progress: tqdm bar over evaluations; default on when the model has more than 100M parameters.
+        fast: the per-block paths by `sweep.per_block_sweep` (hidden states entering block i computed once, the
+            blocks after i run once on the α values stacked in the batch); False: the plain loop, a whole
+            forward pass per (block, α). Same numbers to float32 round-off (tested to 1e-5 nats).
 
     Returns:
         An `InterpolationResult` (α = 0 is evaluated once: every path starts at the variant).
@@ -392,7 +415,9 @@ def interpolation_scan(model, base_ref, tokens, alphas=DEFAULT_ALPHAS, *, blocks
 
     loss_variant = lm_loss(model, tokens, batch_size)
     bar.update()
-    per_block = [curve(path.hold, path.names([i])) for i in blocks]
+    sweep = per_block_sweep if fast else per_block_loop
+    per_block = [[loss_variant, *row] for row in sweep(model, path, tokens, alphas[1:], blocks, batch_size,
+                                                       progress=bar)]
     t1 = time.perf_counter()
     full = curve(path.hold_all, path.names())
     full_all = curve(path.hold_all, path.names(non_block=True)) if non_block else None
