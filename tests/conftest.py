@@ -61,3 +61,19 @@ def tiny_pairs(tmp_path_factory):
             made[key] = make_pair(root / f"p{len(made)}", family, **kw)
         return made[key]
     return make
+
+
+def count_live_tensors(monkeypatch, cls) -> list[int]:
+    """Wrap `cls.get` so every tensor it hands out is counted while alive; returns [peak], read after the run."""
+    import weakref
+    live, peak = [0], [0]
+    orig = cls.get
+
+    def get(self, name):
+        t = orig(self, name)
+        live[0] += 1
+        peak[0] = max(peak[0], live[0])
+        weakref.finalize(t, lambda: live.__setitem__(0, live[0] - 1))
+        return t
+    monkeypatch.setattr(cls, "get", get)
+    return peak

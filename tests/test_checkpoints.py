@@ -192,18 +192,9 @@ def test_fingerprint_changes_when_weights_are_rewritten(tmp_path, tiny_pairs):
 def test_scan_memory_is_bounded_by_tensors_not_model(tiny_pairs, monkeypatch):
     """The scan holds the current pair of tensors and the pair prefetched behind it, never more, whatever the
     model size: count live tensors handed out by `Checkpoint.get`."""
+    from conftest import count_live_tensors
     from linker_nb.io import references as checkpoints
-    live, peak = [0], [0]
-    orig = checkpoints.Checkpoint.get
-    import weakref
-
-    def get(self, name):
-        t = orig(self, name)
-        live[0] += 1
-        peak[0] = max(peak[0], live[0])
-        weakref.finalize(t, lambda: live.__setitem__(0, live[0] - 1))
-        return t
-    monkeypatch.setattr(checkpoints.Checkpoint, "get", get)
+    peak = count_live_tensors(monkeypatch, checkpoints.Checkpoint)
     r = scan(*tiny_pairs("llama"))
     assert r.n_tensors > 20 and peak[0] <= 4
 

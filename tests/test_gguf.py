@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import struct
 import tracemalloc
-import weakref
 from pathlib import Path
 
 import numpy as np
@@ -160,16 +159,9 @@ def test_references(ggufs, tmp_path):
 def test_scan_memory_is_bounded_by_a_few_tensors(ggufs, monkeypatch):
     """Live tensors handed out by `get` never exceed the current pair and the prefetched pair, and one Q8_0
     dequantization allocates at most a few times the float32 tensor (numpy allocations, by tracemalloc)."""
-    live, peak = [0], [0]
+    from conftest import count_live_tensors
     orig = GGUFCheckpoint.get
-
-    def get(self, name):
-        t = orig(self, name)
-        live[0] += 1
-        peak[0] = max(peak[0], live[0])
-        weakref.finalize(t, lambda: live.__setitem__(0, live[0] - 1))
-        return t
-    monkeypatch.setattr(GGUFCheckpoint, "get", get)
+    peak = count_live_tensors(monkeypatch, GGUFCheckpoint)
     r = scan(ggufs["Q8_0"], ggufs["Q4_0"], progress=False)
     assert r.n_tensors == 75 and peak[0] <= 4
     ck = open_checkpoint(ggufs["Q8_0"])
