@@ -217,7 +217,7 @@ def test_the_paper_tasks_name_their_datasets_when_not_cached(tmp_path, monkeypat
 
 
 def test_defaults_follow_the_family():
-    assert bench.is_embedded(registry.get("tiny").base) and not bench.is_embedded(registry.get("qwen05b").base)
+    assert registry.is_embedded(registry.get("tiny").base) and not registry.is_embedded(registry.get("qwen05b").base)
     assert bench.default_benchmarks(False) == ["mmlu", "arc_challenge", "hellaswag", "winogrande"]
     assert bench.default_tuner_task(False) == "piqa"
     assert bench.default_benchmarks(True) == list(task_data.BUNDLED_TASKS)

@@ -73,8 +73,7 @@ class PanelPair:
 
 def embedded_families() -> list[str]:
     """Registry keys whose base checkpoint ships inside the package (today: `tiny`)."""
-    pkg = registry.PACKAGE_DIR
-    return [k for k in registry.keys() if Path(registry.get(k).base).is_relative_to(pkg)]
+    return [k for k in registry.keys() if registry.is_embedded(registry.get(k).base)]
 
 
 def _in_paper(key: str) -> bool:

@@ -41,7 +41,8 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = ["Variant", "Family", "REGISTRY", "UnknownModel", "RegistryError", "get", "keys", "load",
-           "resolve_pair", "TINY_DIR", "DATA_FILE", "CONSERVATIVE", "PAPER_INTERIOR_BAND", "KINDS", "reported"]
+           "resolve_pair", "TINY_DIR", "DATA_FILE", "CONSERVATIVE", "PAPER_INTERIOR_BAND", "KINDS", "reported",
+           "is_embedded"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 TINY_DIR = PACKAGE_DIR / "tiny_family"
@@ -201,6 +202,14 @@ def _check(value: Any, spec: Any, where: str) -> Any:
 
 def _ref(ref: str) -> str:
     return str(PACKAGE_DIR / ref[len(PACKAGE_PREFIX):]) if ref.startswith(PACKAGE_PREFIX) else ref
+
+
+def is_embedded(ref) -> bool:
+    """Whether a checkpoint reference is a directory inside the package (the embedded families' checkpoints)."""
+    try:
+        return Path(ref).resolve().is_relative_to(PACKAGE_DIR)
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 def _family(key: str, raw: dict, where: str) -> Family:

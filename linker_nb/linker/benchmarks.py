@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 from ..io import task_data
 
 __all__ = ["PAPER_BENCHMARKS", "PAPER_SETTINGS", "TUNER_TASK", "LmEvalMissing", "Suite", "Objective",
-           "is_embedded", "default_benchmarks", "default_tuner_task", "prepare", "evaluate", "evaluate_all",
+           "default_benchmarks", "default_tuner_task", "prepare", "evaluate", "evaluate_all",
            "retention",
            "capability_gain", "gain_table", "table6", "table7", "status"]
 
@@ -46,17 +46,6 @@ def status() -> str:
         return f"lm-eval {version('lm-eval')}: the paper's benchmarks run when their datasets are cached locally"
     except Exception:
         return "lm-eval is not installed (pip install 'lm-eval>=0.4.13,<0.5'): no benchmark is run"
-
-
-def is_embedded(ref) -> bool:
-    """Whether a checkpoint reference is a directory inside the package (the embedded families)."""
-    from pathlib import Path
-
-    from ..io.registry import PACKAGE_DIR
-    try:
-        return Path(ref).resolve().is_relative_to(PACKAGE_DIR)
-    except (OSError, TypeError, ValueError):
-        return False
 
 
 def default_benchmarks(embedded: bool) -> list[str]:

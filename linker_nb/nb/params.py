@@ -301,8 +301,9 @@ def _benchmark_defaults(p: dict[str, Any], defaults: dict[str, str], base_ref: s
     when the donor is a checkpoint embedded in the package (the tiny family must run offline)."""
     if "benchmarks" not in p and "tuner_task" not in p:
         return
+    from ..io.registry import is_embedded
     from ..linker import benchmarks as bench
-    embedded = bench.is_embedded(base_ref)
+    embedded = is_embedded(base_ref)
     source = "bundled offline tasks (embedded family)" if embedded else "the paper's (App. D, E)"
     if "benchmarks" in p and p["benchmarks"] is None:
         p["benchmarks"], defaults["benchmarks"] = bench.default_benchmarks(embedded), source
